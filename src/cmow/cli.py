@@ -1,0 +1,32 @@
+"""The ``cmow`` command line: one sub-command per job, each defined next to the code it runs."""
+
+import argparse
+import logging
+import sys
+
+from . import __version__, train_sst2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmow",
+        description="Distil pretrained language models into tiny, fast CMOW matrix-embedding models.",
+    )
+    parser.add_argument("--version", action="version", version=f"cmow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train_sst2.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The nine GLUE tasks, from the Hub (``nyu-mll/glue``) or a local folder of the original GLUE TSV files.
+
+Both sources go through ``datasets`` and come out with the same columns: ``text_a``, ``text_b`` (pair tasks only)
+and ``label`` (class id in the Hub's label order, or a float score for STS-B).
+"""
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """How one GLUE task is stored and scored.
+
+    Attributes:
+        name: Folder name in the GLUE TSV layout (``SST-2``).
+        hub_name: Config name of ``nyu-mll/glue`` (``sst2``).
+        label_names: Class names in the Hub's order; empty for regression (STS-B).
+        tsv_columns: Local TSV columns of ``(text_a, text_b, label)``, by name or by position for header-less files.
+        hub_columns: ``nyu-mll/glue`` columns of ``(text_a, text_b)``.
+        dev_file: Local dev file name.
+        has_header: Whether the local TSV files start with a header row.
+    """
+
+    name: str
+    hub_name: str
+    label_names: tuple[str, ...]
+    tsv_columns: tuple
+    hub_columns: tuple[str, str | None]
+    dev_file: str = "dev.tsv"
+    has_header: bool = True
+
+    @property
+    def is_pair(self) -> bool:
+        return self.hub_columns[1] is not None
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) or 1
+
+
+_BINARY = ("0", "1")
+_ENTAILMENT = ("entailment", "not_entailment")
+TASKS = {
+    task.name: task
+    for task in (
+        GlueTask("CoLA", "cola", _BINARY, (3, None, 1), ("sentence", None), has_header=False),
+        GlueTask("SST-2", "sst2", _BINARY, ("sentence", None, "label"), ("sentence", None)),
+        GlueTask("MRPC", "mrpc", _BINARY, ("#1 String", "#2 String", "Quality"), ("sentence1", "sentence2")),
+        GlueTask("STS-B", "stsb", (), (7, 8, 9), ("sentence1", "sentence2")),
+        GlueTask("QQP", "qqp", _BINARY, ("question1", "question2", "is_duplicate"), ("question1", "question2")),
+        GlueTask(
+            "MNLI",
+            "mnli",
+            ("entailment", "neutral", "contradiction"),
+            ("sentence1", "sentence2", "gold_label"),
+            ("premise", "hypothesis"),
+            dev_file="dev_matched.tsv",
+        ),
+        GlueTask("QNLI", "qnli", _ENTAILMENT, ("question", "sentence", "label"), ("question", "sentence")),
+        GlueTask("RTE", "rte", _ENTAILMENT, ("sentence1", "sentence2", "label"), ("sentence1", "sentence2")),
+        GlueTask("WNLI", "wnli", _BINARY, ("sentence1", "sentence2", "label"), ("sentence1", "sentence2")),
+    )
+}
+
+
+def get_task(name: str) -> GlueTask:
+    """Look a task up by its GLUE folder name or Hub config name, case-insensitively."""
+    for task in TASKS.values():
+        if name.lower() in (task.name.lower(), task.hub_name):
+            return task
+    raise ValueError(f"Unknown GLUE task {name!r}; choose one of {', '.join(TASKS)}.")
+
+
+def _load_tsv_split(task: GlueTask, path: Path) -> datasets.Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE file {path} is missing: is {path.parent.parent} a GLUE TSV folder?")
+    header = "infer" if task.has_header else None
+    # GLUE TSVs are not CSV-quoted: quotes are part of the text. Read the used columns as text (a sentence may be "1").
+    raw = datasets.load_dataset(
+        "csv",
+        data_files=str(path),
+        delimiter="\t",
+        quoting=csv.QUOTE_NONE,
+        header=header,
+        keep_default_na=False,
+        converters={column: str for column in task.tsv_columns if column is not None},
+        encoding="utf-8-sig",
+        split="train",
+    )
+    names = raw.column_names
+    text_a, text_b, label = (names[c] if isinstance(c, int) else c for c in task.tsv_columns)
+    return _standardise(raw, task, text_a, text_b, label)
+
+
+def _standardise(
+    raw: datasets.Dataset, task: GlueTask, text_a: str, text_b: str | None, label: str
+) -> datasets.Dataset:
+    def convert(row: dict) -> dict:
+        value = row[label]
+        if task.is_regression:
+            target = float(value)
+        elif isinstance(value, str):
+            if value not in task.label_names:
+                raise ValueError(f"{task.name}: unknown label {value!r}; expected one of {task.label_names}.")
+            target = task.label_names.index(value)
+        else:  # the Hub's ClassLabel ids
+            target = int(value)
+        out = {"text_a": row[text_a], "label": target}
+        if text_b is not None:
+            out["text_b"] = row[text_b]
+        return out
+
+    features = {"text_a": datasets.Value("string")}
+    if text_b is not None:
+        features["text_b"] = datasets.Value("string")
+    features["label"] = (
+        datasets.Value("float32") if task.is_regression else datasets.ClassLabel(names=list(task.label_names))
+    )
+    return raw.map(convert, remove_columns=raw.column_names, features=datasets.Features(features))
+
+
+def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    """Load a GLUE task's ``train`` and ``validation`` splits.
+
+    Args:
+        task_name: ``"SST-2"``, ``"sst2"``, ``"MNLI"``, ...
+        data_dir: A folder in the GLUE TSV layout (``<data_dir>/SST-2/train.tsv``); ``None`` loads ``nyu-mll/glue``
+            from the Hub.
+
+    Returns:
+        ``train`` and ``validation`` with columns ``text_a``, ``text_b`` (pair tasks) and ``label``.
+    """
+    task = get_task(task_name)
+    if data_dir is None:
+        hub = datasets.load_dataset(HUB_DATASET, task.hub_name)
+        validation = "validation_matched" if task.hub_name == "mnli" else "validation"
+        text_a, text_b = task.hub_columns
+        return datasets.DatasetDict(
+            {
+                split: _standardise(hub[source], task, text_a, text_b, "label")
+                for split, source in (("train", "train"), ("validation", validation))
+            }
+        )
+    folder = Path(data_dir) / task.name
+    return datasets.DatasetDict(
+        {
+            "train": _load_tsv_split(task, folder / "train.tsv"),
+            "validation": _load_tsv_split(task, folder / task.dev_file),
+        }
+    )

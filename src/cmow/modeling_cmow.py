@@ -1,0 +1,419 @@
+"""CMOW (Continual Multiplication of Words) encoders and heads.
+
+A text is the ordered product of its tokens' d x d matrices (CMOW), optionally concatenated with the sum or mean of
+its tokens' vectors (CBOW); the bidirectional variant adds a second matrix table multiplied in reverse order.
+
+Numerics: a product of many matrices overflows or vanishes. Every partial product is rescaled to the Frobenius norm
+of the identity, ``sqrt(d)``. Rescaling commutes with multiplication, so whatever the order of the reduction the
+result is exactly ``P * sqrt(d) / ||P||_F`` for the true product ``P``: the direction of the product, with no
+intermediate ever larger than ``max ||E||^2``. Products always run in float32, also under autocast or in a bf16/fp16
+model, and are cast back to the model's dtype at the end.
+
+Speed: no Python loop runs over positions. The pooled product is a pairwise (log-depth) reduction; per-token prefix
+products are a Hillis-Steele parallel scan, also log-depth.
+
+This file is shipped as remote code next to saved checkpoints: it imports only torch, transformers and its config.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+
+from .configuration_cmow import CMOWConfig
+
+_NORM_EPS = 1e-20
+
+
+def normalize_product(matrices: torch.Tensor) -> torch.Tensor:
+    """Rescale each ``(d, d)`` matrix to the Frobenius norm of the identity, ``sqrt(d)``."""
+    d = matrices.shape[-1]
+    norm = torch.linalg.matrix_norm(matrices).clamp_min(_NORM_EPS)  # (...)
+    return matrices * (math.sqrt(d) / norm)[..., None, None]
+
+
+def tree_product(matrices: torch.Tensor) -> torch.Tensor:
+    """Normalised ordered product ``M_1 M_2 ... M_n`` by pairwise reduction in ``ceil(log2 n)`` steps.
+
+    Args:
+        matrices: ``(batch, n, d, d)`` with ``n >= 1``.
+
+    Returns:
+        ``(batch, d, d)``.
+    """
+    batch, n, d, _ = matrices.shape
+    while n > 1:
+        if n % 2:
+            eye = torch.eye(d, dtype=matrices.dtype, device=matrices.device).expand(batch, 1, d, d)
+            matrices = torch.cat([matrices, eye], dim=1)
+            n += 1
+        pairs = matrices.view(batch, n // 2, 2, d, d)
+        matrices = normalize_product(pairs[:, :, 0] @ pairs[:, :, 1])  # (batch, n/2, d, d)
+        n //= 2
+    return normalize_product(matrices[:, 0])
+
+
+def prefix_products(matrices: torch.Tensor) -> torch.Tensor:
+    """Normalised prefix products ``M_1 ... M_i`` for every ``i`` by a Hillis-Steele scan in ``ceil(log2 n)`` steps.
+
+    After the step with offset ``k`` position ``i`` holds the product of positions ``(i - 2k, i]``.
+
+    Args:
+        matrices: ``(batch, n, d, d)``.
+
+    Returns:
+        ``(batch, n, d, d)``.
+    """
+    n = matrices.shape[1]
+    offset = 1
+    while offset < n:
+        combined = normalize_product(matrices[:, :-offset] @ matrices[:, offset:])  # (batch, n - offset, d, d)
+        matrices = torch.cat([matrices[:, :offset], combined], dim=1)
+        offset *= 2
+    return normalize_product(matrices)
+
+
+class MatrixEmbedding(nn.Embedding):
+    """A table of ``d x d`` token matrices stored flattened; padding is the identity."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__(config.vocab_size, config.matrix_features, padding_idx=config.pad_token_id)
+        self.matrix_size = config.matrix_size
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token matrices in float32, identity where ``mask`` is False: ``(batch, seq, d, d)``."""
+        d = self.matrix_size
+        matrices = super().forward(input_ids).float().view(*input_ids.shape, d, d)
+        eye = torch.eye(d, dtype=matrices.dtype, device=matrices.device)
+        return torch.where(mask[..., None, None], matrices, eye)
+
+
+class CMOWEncoder(nn.Module):
+    """Token tables and the products and sums over them.
+
+    Per-token outputs are ``[cbow prefix; forward prefix product; backward suffix product]`` at each position; the
+    pooled output is the same over the whole text. The backward table is multiplied in reverse order, so position
+    ``i`` holds ``E'_n ... E'_i`` and the pooled output ``E'_n ... E'_1``.
+    """
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__()
+        self.config = config
+        self.cbow_embeddings = (
+            nn.Embedding(config.vocab_size, config.cbow_size, padding_idx=config.pad_token_id)
+            if config.use_cbow
+            else None
+        )
+        self.cmow_embeddings = MatrixEmbedding(config) if config.use_cmow else None
+        self.cmow_bw_embeddings = MatrixEmbedding(config) if config.use_cmow and config.bidirectional else None
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, token_states: bool) -> tuple:
+        """Encode ``input_ids`` where ``mask`` is True.
+
+        Returns:
+            ``(token_states, pooled)``: ``(batch, seq, hidden)`` or ``None``, and ``(batch, hidden)``, in float32.
+        """
+        batch, seq = input_ids.shape
+        tokens, pooled = [], []
+        # Products stay in float32 also under autocast: bf16 has too few mantissa bits for long products.
+        with torch.autocast(device_type=input_ids.device.type, enabled=False):
+            if self.cbow_embeddings is not None:
+                vectors = self.cbow_embeddings(input_ids).float() * mask[..., None]  # (batch, seq, cbow)
+                sums = vectors.cumsum(dim=1) if token_states else vectors.sum(dim=1, keepdim=True)
+                if self.config.cbow_pooling == "mean":
+                    counts = mask.cumsum(dim=1) if token_states else mask.sum(dim=1, keepdim=True)
+                    sums = sums / counts.clamp_min(1)[..., None]
+                tokens.append(sums)
+                pooled.append(sums[:, -1])
+            for table, reverse in ((self.cmow_embeddings, False), (self.cmow_bw_embeddings, True)):
+                if table is None:
+                    continue
+                ids, table_mask = (input_ids.flip(1), mask.flip(1)) if reverse else (input_ids, mask)
+                matrices = table(ids, table_mask)  # (batch, seq, d, d)
+                if token_states:
+                    prefixes = prefix_products(matrices)  # (batch, seq, d, d)
+                    pooled.append(prefixes[:, -1].flatten(1))
+                    prefixes = prefixes.flip(1) if reverse else prefixes
+                    tokens.append(prefixes.flatten(2))
+                else:
+                    pooled.append(tree_product(matrices).flatten(1))
+        token_output = self.dropout(torch.cat(tokens, dim=-1)) if token_states else None
+        return token_output, self.dropout(torch.cat(pooled, dim=-1))
+
+
+class CMOWPreTrainedModel(PreTrainedModel):
+    config: CMOWConfig
+    config_class = CMOWConfig
+    base_model_prefix = "cmow"
+    main_input_name = "input_ids"
+    accepts_loss_kwargs = False
+    _no_split_modules = []
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Token matrices: identity + N(0, initializer_range); padding rows: identity matrix, zero vector."""
+        if isinstance(module, MatrixEmbedding):
+            if getattr(module.weight, "_is_hf_initialized", False):
+                return
+            d = module.matrix_size
+            eye = torch.eye(d, dtype=module.weight.dtype, device=module.weight.device).flatten()
+            noise = torch.randn_like(module.weight) * self.config.initializer_range
+            if module.padding_idx is not None:
+                noise[module.padding_idx] = 0.0
+            init.copy_(module.weight, noise + eye)
+        else:
+            super()._init_weights(module)
+
+    def _check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validate ``input_ids`` and return a boolean mask of the positions to encode."""
+        if input_ids is None:
+            raise ValueError("CMOW models need `input_ids` (there are no input embeddings to pass instead).")
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, seq); got {tuple(input_ids.shape)}.")
+        if input_ids.shape[1] == 0:
+            raise ValueError("`input_ids` is empty: every text needs at least one token.")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"`input_ids` holds token ids outside [0, {self.config.vocab_size}): the tokenizer does not match "
+                f"this model's vocabulary (vocab_size={self.config.vocab_size})."
+            )
+        if attention_mask is None:
+            pad = self.config.pad_token_id
+            return input_ids != pad if pad is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` shape {tuple(attention_mask.shape)} differs from `input_ids` "
+                f"shape {tuple(input_ids.shape)}."
+            )
+        return attention_mask.bool()
+
+
+class CMOWModel(CMOWPreTrainedModel):
+    """The bare CMOW encoder: per-token prefix representations and a pooled sentence representation."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__(config)
+        self.encoder = CMOWEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.cmow_embeddings or self.encoder.cbow_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_token_states: bool = True,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""Encode a batch of token ids.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids.
+            attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding; derived from ``pad_token_id`` if absent.
+            token_type_ids: Accepted for tokenizer compatibility and ignored: the encoder reads the whole input.
+            output_token_states: Compute per-token outputs (``last_hidden_state``); ``False`` computes only the
+                pooled output, which is much cheaper.
+            return_dict: Return a tuple when ``False``.
+
+        Returns:
+            ``last_hidden_state`` ``(batch, seq, hidden_size)`` and ``pooler_output`` ``(batch, hidden_size)``.
+        """
+        mask = self._check_inputs(input_ids, attention_mask)
+        token_states, pooled = self.encoder(input_ids, mask, token_states=output_token_states)
+        dtype = self.dtype
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=None if token_states is None else token_states.to(dtype),
+            pooler_output=pooled.to(dtype),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+def second_segment(
+    input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None, sep_token_id: int | None
+) -> torch.Tensor:
+    """Positions of the second text of ``tokenizer(a, b)``: ``token_type_ids == 1``, else after the first separator."""
+    if token_type_ids is not None and bool((token_type_ids[mask] != 0).any()):
+        return mask & (token_type_ids != 0)
+    if sep_token_id is None:
+        raise ValueError("Pair encoding needs `token_type_ids` or a `sep_token_id` in the config to split the pair.")
+    is_sep = (input_ids == sep_token_id) & mask
+    after_first_sep = (is_sep.long().cumsum(dim=1) - is_sep.long()) > 0
+    return mask & after_first_sep
+
+
+class CMOWClassificationHead(nn.Module):
+    """``linear``: dropout, Linear. ``mlp`` (the paper's): dropout, Linear(in, hidden), ReLU, LayerNorm, Linear."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        in_size, hidden = config.classifier_input_size, config.classifier_hidden_size
+        if config.classifier == "linear":
+            layers = [nn.Dropout(dropout), nn.Linear(in_size, config.num_labels)]
+        else:
+            layers = [
+                nn.Dropout(dropout),
+                nn.Linear(in_size, hidden),
+                nn.ReLU(),
+                nn.LayerNorm(hidden),
+                nn.Linear(hidden, config.num_labels),
+            ]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+def sequence_classification_loss(config: CMOWConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's losses: MSE for regression, cross-entropy for single-label, BCE-with-logits for multi-label."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class CMOWForSequenceClassification(CMOWPreTrainedModel):
+    """CMOW encoder with a classification/regression head on the pooled output.
+
+    Sentence pairs come in as ``tokenizer(a, b)``, as for BERT. With ``config.pair_encoding == "joint"`` the whole
+    input is one text. With ``"diffcat"`` / ``"diffcat_prod"`` (the paper's two-sequence encoding) each side is
+    encoded alone, by masking the other side out (masked positions are the identity, so this equals encoding it
+    alone), and the head classifies ``[a; b; |a - b|]`` (``; a * b``).
+    """
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.cmow = CMOWModel(config)
+        self.classifier = CMOWClassificationHead(config)
+        self.post_init()
+
+    def pooled_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Classifier input: the pooled text, or the pair encoding of its two sides."""
+        mask = self._check_inputs(input_ids, attention_mask)
+        if self.config.pair_encoding == "joint":
+            return self.cmow(input_ids, mask, output_token_states=False).pooler_output
+        second = second_segment(input_ids, mask, token_type_ids, self.config.sep_token_id)
+        if not bool(second.any(dim=1).all()):
+            raise ValueError(
+                f"pair_encoding={self.config.pair_encoding!r} needs a sentence pair in every input, as produced by "
+                "`tokenizer(text_a, text_b)`; for single texts use pair_encoding='joint'."
+            )
+        both = self.cmow(input_ids.repeat(2, 1), torch.cat([mask & ~second, second]), output_token_states=False)
+        a, b = both.pooler_output.chunk(2)  # (batch, hidden) each
+        features = [a, b, (a - b).abs()]
+        if self.config.pair_encoding == "diffcat_prod":
+            features.append(a * b)
+        return torch.cat(features, dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""Classify texts or text pairs.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids, from ``tokenizer(texts)`` or ``tokenizer(texts_a, texts_b)``.
+            attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding.
+            token_type_ids: ``(batch, seq)``, 1 on the second text of a pair.
+            labels: ``(batch,)`` class ids, ``(batch,)`` floats for regression or ``(batch, num_labels)`` for
+                multi-label; the loss is returned only when given.
+            return_dict: Return a tuple when ``False``.
+        """
+        logits = self.classifier(self.pooled_features(input_ids, attention_mask, token_type_ids))
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        output = SequenceClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class CMOWLMHead(nn.Module):
+    """Per-token representation to vocabulary logits: Linear, GELU, LayerNorm, Linear."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, token_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(token_states))))
+
+
+class CMOWForMaskedLM(CMOWPreTrainedModel):
+    """CMOW encoder with a masked-language-model head on the per-token outputs (used by general distillation)."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__(config)
+        self.cmow = CMOWModel(config)
+        self.lm_head = CMOWLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MaskedLMOutput | tuple:
+        r"""Predict every position's token.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids with some replaced by the mask token.
+            attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding.
+            token_type_ids: Ignored.
+            labels: ``(batch, seq)`` original ids at masked positions and -100 elsewhere.
+            return_dict: Return a tuple when ``False``.
+        """
+        outputs = self.cmow(input_ids, attention_mask)
+        logits = self.lm_head(outputs.last_hidden_state)  # (batch, seq, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size).float(), labels.view(-1), ignore_index=-100)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=(outputs.last_hidden_state,))
+        return output if return_dict is not False else output.to_tuple()
+
+
+# save_pretrained ships this file and its config file as remote code for every Auto class (see config.auto_map).
+CMOWModel.register_for_auto_class("AutoModel")
+CMOWForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+CMOWForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+CMOWConfig.register_for_auto_class()
+
+__all__ = [
+    "CMOWForMaskedLM",
+    "CMOWForSequenceClassification",
+    "CMOWModel",
+    "CMOWPreTrainedModel",
+    "normalize_product",
+    "prefix_products",
+    "tree_product",
+]
