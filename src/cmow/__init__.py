@@ -11,6 +11,7 @@ from transformers import (
 )
 
 from .configuration_cmow import CMOWConfig
+from .encode import encode
 from .modeling_cmow import (
     CMOWForMaskedLM,
     CMOWForSequenceClassification,
@@ -31,4 +32,5 @@ __all__ = [
     "CMOWForSequenceClassification",
     "CMOWModel",
     "CMOWPreTrainedModel",
+    "encode",
 ]

@@ -1,0 +1,5 @@
+"""Placeholder, replaced in the next commit."""
+
+
+def add_parser(commands) -> None:
+    pass
