@@ -4,7 +4,9 @@ import argparse
 import logging
 import sys
 
-from . import __version__, train_sst2
+from . import __version__, hub, hub_cards, train_sst2
+from .distill import cli as distill_cli
+from .glue import cli as glue_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_sst2.add_parser(commands)
+    glue_cli.add_parser(commands)
+    hub_cards.add_parser(commands)
+    hub.add_parser(commands)
+    distill_cli.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""Publish a saved cmow checkpoint folder on the Hugging Face Hub: safetensors, remote code, tokenizer and our card.
+
+We upload the folder ourselves (``HfApi.create_repo`` + ``create_commit``) rather than calling transformers'
+``push_to_hub``, which would replace README.md with its generic card. Authentication is huggingface_hub's usual one:
+``token=None`` uses ``$HF_TOKEN`` or the token stored by ``hf auth login``.
+"""
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+
+from .configuration_cmow import AUTO_MAP
+
+logger = logging.getLogger(__name__)
+
+CODE_FILES = ("configuration_cmow.py", "modeling_cmow.py")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+OTHER_FILES = ("config.json", "README.md", "cmow_training.json", "generation_config.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def files_to_upload(folder: str | os.PathLike) -> list[Path]:
+    """The files of a checkpoint folder that belong on the Hub, after checking the folder is complete.
+
+    Raises:
+        FileNotFoundError: if weights, config, remote code or README.md are missing.
+        ValueError: if the folder holds pickled weights, or its config lacks part of the ``auto_map``.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: pass a folder written by `model.save_pretrained`.")
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ValueError(
+            f"{folder} holds pickled weights ({', '.join(pickles)}); cmow publishes safetensors only. Save with "
+            "`model.save_pretrained(folder)` (safetensors by default) and remove the pickle files."
+        )
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    weights += sorted(folder.glob("model-*-of-*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{folder} has no model.safetensors: save the model with `save_pretrained` first.")
+    missing_code = [name for name in CODE_FILES if not (folder / name).is_file()]
+    if missing_code:
+        raise FileNotFoundError(
+            f"{folder} lacks the remote code {', '.join(missing_code)}: save with a cmow model's `save_pretrained`."
+        )
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
+    missing_auto = sorted(set(AUTO_MAP) - set(auto_map))
+    if missing_auto:
+        raise ValueError(f"config.json's auto_map lacks {', '.join(missing_auto)}: re-save the model with cmow.")
+    if not (folder / "README.md").is_file():
+        raise FileNotFoundError(f"{folder} has no README.md: write the card first (`cmow card {folder}`).")
+    names = [*CODE_FILES, *TOKENIZER_FILES, *OTHER_FILES]
+    return weights + [folder / name for name in names if (folder / name).is_file()]
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload cmow model",
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Upload a saved checkpoint folder to a Hub model repo in one commit, creating the repo (and branch) if needed.
+
+    Args:
+        folder: A folder written by ``save_pretrained`` (+ tokenizer) with a card from ``cmow.hub_cards``.
+        repo_id: ``"user/name"`` (or ``"name"`` for the token's own namespace).
+        private: Create the repo private (ignored when it exists already).
+        revision: Branch to commit to; created from ``main`` if it does not exist.
+        commit_message: Summary of the commit.
+        token: Hub token; ``None`` uses ``$HF_TOKEN`` or the stored login.
+        endpoint: Hub address; ``None`` uses ``$HF_ENDPOINT`` or huggingface.co.
+
+    Returns:
+        The commit, with ``commit_url`` and ``oid``.
+    """
+    files = files_to_upload(folder)
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in files]
+    logger.info("Uploading %s to %s: %s", folder, repo_id, ", ".join(p.name for p in files))
+    commit = api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision)
+    logger.info("Pushed %s", commit.commit_url)
+    return commit
+
+
+def _run(args: argparse.Namespace) -> int:
+    commit = push_to_hub(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.message,
+    )
+    logger.info("Done: %s", commit.commit_url)
+    return 0
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "push",
+        help="upload a checkpoint folder (safetensors, remote code, tokenizer, card) to the Hub",
+        description="Upload a saved cmow checkpoint folder to a Hugging Face Hub model repo in one commit. "
+        "Uses $HF_TOKEN or the token stored by `hf auth login`, and $HF_ENDPOINT if set.",
+    )
+    parser.add_argument("folder", help="folder written by save_pretrained, with README.md (see `cmow card`)")
+    parser.add_argument("repo_id", help="Hub repo, user/name")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", help="branch to commit to (created from main if missing)")
+    parser.add_argument("--message", default="Upload cmow model", help="commit message")
+    parser.set_defaults(func=_run)

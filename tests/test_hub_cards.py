@@ -1,0 +1,119 @@
+"""Model cards: filled from a saved checkpoint and what training recorded, loadable and valid as Hub metadata."""
+
+import dataclasses
+import json
+
+import pytest
+from huggingface_hub import EvalResult, ModelCard
+
+from cmow import CMOWForSequenceClassification, CMOWModel
+from cmow.cli import main
+from cmow.hub_cards import RECORD_FILE, non_default_args, write_model_card
+from conftest import tiny_config
+from hub_server import validate_metadata
+
+SST2_ACCURACY = {
+    "task_type": "text-classification",
+    "dataset_type": "nyu-mll/glue",
+    "dataset_name": "GLUE SST-2",
+    "dataset_config": "sst2",
+    "dataset_split": "validation",
+    "metric_type": "accuracy",
+    "metric_value": 0.6789,
+}
+
+
+@dataclasses.dataclass
+class RunArgs:
+    teacher: str
+    learning_rate: float = 1e-3
+    temperature: float = 1.0
+    layers: list = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=3, teacher="prajjwal1/bert-tiny"))
+    model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_card_holds_architecture_sizes_and_recorded_results(checkpoint):
+    model = CMOWForSequenceClassification.from_pretrained(checkpoint)
+    path = write_model_card(
+        checkpoint,
+        eval_results=[SST2_ACCURACY],
+        datasets=["nyu-mll/glue"],
+        objective="cross-entropy on the labels",
+        training_args=RunArgs(teacher="x", temperature=2.0),
+        speed={"student": 5000.0, "teacher": 250.0, "hardware": "2 CPU cores"},
+        license="apache-2.0",
+    )
+    card = ModelCard.load(path)  # parses the metadata, model-index included, and raises on errors
+    assert validate_metadata(path.read_text()) == []
+    assert card.data.base_model == "prajjwal1/bert-tiny"  # from config.teacher
+    assert card.data.datasets == ["nyu-mll/glue"]
+    assert card.data.pipeline_tag == "text-classification"
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_config) == ("accuracy", 0.6789, "sst2")
+    text = card.text
+    assert f"| Parameters | {model.num_parameters():,} |" in text
+    assert "| Token matrices | 4 x 4, bidirectional" in text
+    assert "3 labels" in text
+    assert "| `temperature` | `2.0` |" in text and "learning_rate" not in text  # only what differs from defaults
+    assert "20.0x the teacher's throughput" in text
+    assert "trust_remote_code=True" in text and "Galke" in text
+    assert "<!-- Missing" not in text
+
+
+def test_missing_information_is_an_explicit_placeholder(tmp_path):
+    CMOWModel(tiny_config()).save_pretrained(tmp_path)
+    text = write_model_card(tmp_path).read_text()
+    for missing in ("the teacher", "the training data", "evaluation results", "speed", "the license"):
+        assert f"<!-- Missing: {missing}" in text
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.pipeline_tag == "feature-extraction" and card.data.eval_results is None
+
+
+def test_local_teacher_folder_is_named_but_not_metadata(checkpoint, tmp_path):
+    text = write_model_card(checkpoint, teacher=str(tmp_path)).read_text()
+    assert ModelCard.load(checkpoint / "README.md").data.base_model is None
+    assert str(tmp_path) in text
+
+
+def test_cli_regenerates_the_card_from_the_record(checkpoint, tmp_path):
+    write_model_card(checkpoint, datasets=["nyu-mll/glue"], objective="KD", versions={"torch": "0.0-recorded"})
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([SST2_ACCURACY]))
+    (checkpoint / "README.md").unlink()
+    assert main(["card", str(checkpoint), "--eval-results", str(results), "--license", "mit"]) == 0
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.eval_results[0].metric_value == 0.6789
+    assert card.data.license == "mit" and card.data.datasets == ["nyu-mll/glue"]
+    assert "torch: 0.0-recorded" in card.text  # versions of the training run, not of today's environment
+    assert json.loads((checkpoint / RECORD_FILE).read_text())["objective"] == "KD"
+
+
+def test_bad_input_gets_a_clear_error(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="metric_value"):
+        write_model_card(checkpoint, eval_results=[{"metric_type": "accuracy"}])
+    with pytest.raises(ValueError, match="student"):
+        write_model_card(checkpoint, speed={"student": 10.0})
+    with pytest.raises(TypeError, match="dataclass"):
+        non_default_args(["lr", 1])
+    with pytest.raises(OSError):
+        write_model_card(tmp_path / "nothing-here")
+
+
+def test_non_default_args_keeps_required_and_changed_fields():
+    assert non_default_args(RunArgs(teacher="t", layers=[3])) == {"teacher": "t", "layers": "[3]"}
+    assert non_default_args({"lr": 0.1}) == {"lr": 0.1}
+
+
+def test_eval_result_objects_are_accepted(checkpoint):
+    write_model_card(checkpoint, eval_results=[EvalResult(**SST2_ACCURACY)])
+    assert ModelCard.load(checkpoint / "README.md").data.eval_results[0].dataset_name == "GLUE SST-2"
+
+
+def test_metadata_checker_can_fail():
+    assert validate_metadata("---\nmodel-index:\n- name: x\n  results:\n  - task: {}\n---\n")
