@@ -1,0 +1,130 @@
+"""Task-specific distillation with the stock ``Trainer``.
+
+The student learns from gold labels and from a fine-tuned teacher's logits. For classification
+
+    loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+and for regression (STS-B)
+
+    loss = alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher).
+
+Teacher logits come either from a ``teacher_logits`` column of the train set (computed once per dataset with
+``predict_logits``; ``DataCollatorWithPadding`` stacks it like ``labels``) or from a teacher model run on each batch.
+"""
+
+import logging
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+logger = logging.getLogger(__name__)
+
+TEACHER_LOGITS = "teacher_logits"
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The task distillation loss (see the module docstring); regression when the logits have one column.
+
+    Args:
+        student_logits: ``(batch, num_labels)``.
+        teacher_logits: ``(batch, num_labels)``.
+        labels: ``(batch,)`` class ids, or float scores for regression.
+        alpha: Weight of the gold-label loss; ``1`` ignores the teacher, ``0`` ignores the labels.
+        temperature: Softmax temperature ``T`` of the KL term (classification only).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]; got {alpha!r}.")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0; got {temperature!r}.")
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if student_logits.shape[-1] == 1:
+        scores = student_logits.squeeze(-1)
+        gold = F.mse_loss(scores, labels.float())
+        soft = F.mse_loss(scores, teacher_logits.squeeze(-1))
+        return alpha * gold + (1 - alpha) * soft
+    gold = F.cross_entropy(student_logits, labels.long())
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return alpha * gold + (1 - alpha) * temperature**2 * soft
+
+
+class DistillationTrainer(Trainer):
+    """A ``Trainer`` whose training loss is ``distillation_loss`` against a teacher.
+
+    The train set either has a ``teacher_logits`` column (kept despite ``remove_unused_columns`` and never passed to
+    the student) or ``teacher`` is given and run under ``no_grad`` on each batch; that teacher then reads the
+    student's batch, so it must accept the same inputs and lengths. Batches without teacher logits (evaluation) use
+    the model's own loss.
+
+    Args:
+        teacher: A fine-tuned teacher, only needed when the train set has no ``teacher_logits``.
+        alpha: Weight of the gold-label loss.
+        temperature: Softmax temperature of the KL term.
+        *args, **kwargs: As for ``Trainer``.
+    """
+
+    def __init__(
+        self, *args, teacher: PreTrainedModel | None = None, alpha: float = 0.5, temperature: float = 1.0, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self.alpha = alpha
+        self.temperature = temperature
+        if teacher is not None:
+            self.teacher = teacher.to(self.args.device).eval()
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if TEACHER_LOGITS not in self._signature_columns:
+            self._signature_columns.append(TEACHER_LOGITS)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_logits = inputs.pop(TEACHER_LOGITS, None)
+        if teacher_logits is None and self.teacher is not None and model.training:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        if teacher_logits is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
+        return (loss, outputs) if return_outputs else loss
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Logits of ``model`` on a tokenized dataset (columns the tokenizer produced), in dataset order.
+
+    Returns:
+        ``(len(dataset), num_labels)`` float32.
+    """
+    model.eval()
+    collator = DataCollatorWithPadding(tokenizer)
+    keys = [k for k in tokenizer.model_input_names if k in dataset.column_names]
+    # Sort by length so each batch pads little; scatter the results back to dataset order.
+    columns = {k: list(dataset[k]) for k in keys}
+    order = np.argsort([-len(ids) for ids in columns["input_ids"]], kind="stable")
+    logits = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collator([{k: columns[k][i] for k in keys} for i in rows])
+        logits[rows] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    return logits
