@@ -117,6 +117,7 @@ def _training_args(cfg: GlueRunConfig, output_dir: Path, epochs: float, lr: floa
         report_to="none",
         seed=cfg.seed,
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,
     )
 
 

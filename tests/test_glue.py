@@ -1,0 +1,232 @@
+"""GLUE: distillation loss and trainer, metrics, the local TSV loader and a tiny end-to-end ``cmow glue`` run."""
+
+import json
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    TrainingArguments,
+)
+
+from cmow import CMOWForSequenceClassification, cli
+from cmow.glue.data import TASKS, load_glue
+from cmow.glue.distill_trainer import TEACHER_LOGITS, DistillationTrainer, distillation_loss
+from cmow.glue.metrics import glue_score, task_metrics
+from cmow.glue.report import END, START, write_report
+from conftest import BATCH, tiny_config
+
+# --- distillation loss ---------------------------------------------------------------------------------------------
+
+
+def test_kd_loss_is_kl_of_known_distributions():
+    # Teacher softmax [0.75, 0.25], student uniform: KL = 0.75 ln(0.75 / 0.5) + 0.25 ln(0.25 / 0.5).
+    student, teacher, labels = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0])
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert distillation_loss(student, teacher, labels, alpha=0.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_temperature_softens_and_scales_by_t_squared():
+    student, teacher, labels = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0])
+    # At T = 2 the teacher's logits halve: softmax is [sqrt 3, 1] / (sqrt 3 + 1); the KL term is multiplied by 4.
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    kl = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    loss = distillation_loss(student, teacher, labels, alpha=0.0, temperature=2.0)
+    assert loss.item() == pytest.approx(4 * kl, rel=1e-6)
+
+
+def test_kd_loss_alpha_mixes_cross_entropy_and_kl():
+    generator = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(BATCH, 5, generator=generator), torch.randn(BATCH, 5, generator=generator)
+    labels = torch.tensor([4, 0, 2])
+    ce = F.cross_entropy(student, labels)
+    assert distillation_loss(student, teacher, labels, alpha=1.0, temperature=3.0).item() == pytest.approx(ce.item())
+    kl = distillation_loss(student, teacher, labels, alpha=0.0, temperature=3.0)
+    mixed = distillation_loss(student, teacher, labels, alpha=0.3, temperature=3.0)
+    assert mixed.item() == pytest.approx(0.3 * ce.item() + 0.7 * kl.item(), rel=1e-6)
+    assert distillation_loss(teacher, teacher, labels, alpha=0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_regression_weights_mse_to_gold_and_teacher():
+    student, teacher, labels = torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [2.0]]), torch.tensor([0.0, 5.0])
+    # gold MSE = (1 + 4) / 2 = 2.5, teacher MSE = (1 + 1) / 2 = 1.
+    assert distillation_loss(student, teacher, labels, alpha=0.3).item() == pytest.approx(0.3 * 2.5 + 0.7 * 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"temperature": 0.0}])
+def test_kd_loss_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError, match="alpha|temperature"):
+        distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]), **kwargs)
+
+
+# --- distillation trainer ------------------------------------------------------------------------------------------
+
+
+def _tiny_distillation_trainer(tokenizer, tmp_path, with_column: bool, teacher=None):
+    texts = ["a good film", "bad", "the plot is thin but it moves", "fine", "awful acting throughout"]
+    data = datasets.Dataset.from_dict({"text": texts, "label": [1, 0, 0, 1, 0]})
+    data = data.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
+    if with_column:
+        logits = torch.randn(len(texts), 2, generator=torch.Generator().manual_seed(2))
+        data = data.add_column(TEACHER_LOGITS, logits.tolist())
+    student = CMOWForSequenceClassification(tiny_config(vocab_size=len(tokenizer), num_labels=2, sep_token_id=102))
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=BATCH, report_to="none", use_cpu=True)
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        teacher=teacher,
+        alpha=0.25,
+        temperature=2.0,
+    )
+    return trainer, student
+
+
+def test_trainer_keeps_teacher_logits_and_hides_them_from_the_student(tokenizer, tmp_path):
+    trainer, student = _tiny_distillation_trainer(tokenizer, tmp_path, with_column=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch[TEACHER_LOGITS].shape == (BATCH, 2)
+    teacher_logits = batch[TEACHER_LOGITS].clone()
+    loss = trainer.compute_loss(student, dict(batch))  # the student's forward has no teacher_logits argument
+    inputs = {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, "labels")}
+    expected = distillation_loss(student(**inputs).logits, teacher_logits, batch["labels"], 0.25, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_trainer_runs_an_online_teacher_without_the_column(tokenizer, tmp_path):
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=17
+    )
+    teacher = BertForSequenceClassification(config).eval()
+    trainer, student = _tiny_distillation_trainer(tokenizer, tmp_path, with_column=False, teacher=teacher)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert TEACHER_LOGITS not in batch
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        expected = distillation_loss(student(**inputs).logits, teacher(**inputs).logits, batch["labels"], 0.25, 2.0)
+        loss = trainer.compute_loss(student, dict(batch))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+def test_cola_matthews_correlation_by_hand():
+    # TP = 1, TN = 2, FP = 0, FN = 1: MCC = (1 * 2 - 0 * 1) / sqrt(1 * 2 * 2 * 3).
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    metrics = task_metrics("CoLA", logits, np.array([1, 1, 0, 0]))
+    assert metrics["matthews_correlation"] == pytest.approx(2 / math.sqrt(12))
+    assert metrics["score"] == metrics["matthews_correlation"]
+
+
+def test_mrpc_accuracy_f1_and_their_mean():
+    # predictions 1, 0, 0, 0 against 1, 1, 0, 0: accuracy 3/4, precision 1, recall 1/2, F1 2/3.
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    metrics = task_metrics("mrpc", logits, np.array([1, 1, 0, 0]))
+    assert metrics == pytest.approx({"accuracy": 0.75, "f1": 2 / 3, "score": (0.75 + 2 / 3) / 2})
+
+
+def test_stsb_pearson_spearman():
+    predictions, labels = np.array([[1.0], [2.0], [3.0], [4.0]]), np.array([2.0, 4.0, 6.0, 9.0])
+    metrics = task_metrics("STS-B", predictions, labels)
+    assert metrics["spearman"] == pytest.approx(1.0)  # monotonic but not linear
+    assert metrics["pearson"] == pytest.approx(np.corrcoef(predictions[:, 0], labels)[0, 1])
+    assert metrics["pearson"] < 1.0
+
+
+def test_accuracy_tasks_and_glue_score():
+    logits = np.array([[0.2, 0.5, 0.3], [0.9, 0.0, 0.1], [0.0, 0.1, 0.8]])
+    assert task_metrics("MNLI", logits, np.array([1, 0, 0])) == pytest.approx({"accuracy": 2 / 3, "score": 2 / 3})
+    assert glue_score({"CoLA": 0.5, "MRPC": 0.8, "RTE": 0.2}) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="Not GLUE task names"):
+        glue_score({"SQuAD": 0.5})
+    with pytest.raises(ValueError, match="No task scores"):
+        glue_score({})
+
+
+# --- local TSV loader ----------------------------------------------------------------------------------------------
+
+# Rows (train, dev) from the shared data README.
+ROWS = {
+    "CoLA": (8551, 1043),
+    "SST-2": (67349, 872),
+    "MRPC": (3668, 408),
+    "STS-B": (5749, 1500),
+    "QQP": (8999, 1000),
+    "MNLI": (8999, 1000),
+    "QNLI": (8999, 5463),
+    "RTE": (2490, 277),
+    "WNLI": (635, 71),
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_local_tsv_loader(name, shared_data):
+    task = TASKS[name]
+    data = load_glue(name, shared_data / "glue")
+    assert (len(data["train"]), len(data["validation"])) == ROWS[name]
+    expected_columns = ["text_a", "text_b", "label"] if task.is_pair else ["text_a", "label"]
+    for split in data.values():
+        assert split.column_names == expected_columns
+        labels = np.array(split["label"])
+        if task.is_regression:
+            assert split.features["label"].dtype == "float32"
+            assert labels.min() == 0.0 and labels.max() == 5.0
+        else:
+            assert split.features["label"].names == list(task.label_names)
+            assert set(labels.tolist()) == set(range(task.num_labels))  # every class occurs
+        assert all(text.strip() for text in split["text_a"][:200])
+
+
+# --- end to end ----------------------------------------------------------------------------------------------------
+
+
+def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
+    """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
+    base = tmp_path / "tiny-bert"
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=17
+    )
+    BertForSequenceClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out, report = tmp_path / "runs", tmp_path / "glue.md"
+    report.write_text(f"# Results\n\n{START}\nold table\n{END}\n\nMore text.\n")
+    common = ["--output-dir", str(out), "--glue-dir", str(shared_data / "glue"), "--max-train-samples", "37"]
+    common += ["--max-eval-samples", "29", "--student-epochs", "2", "--report", str(report)]
+    common += ["--student-config", '{"matrix_size": 4, "cbow_size": 7, "classifier_hidden_size": 9}']
+    assert cli.main(["glue", "MRPC", "--teacher-base", str(base), "--teacher-epochs", "1", *common]) == 0
+
+    teacher_record = json.loads((out / "MRPC" / "teacher" / "metrics.json").read_text())
+    record = json.loads((out / "MRPC" / "student-random" / "metrics.json").read_text())
+    assert teacher_record["train_examples"] == record["train_examples"] == 37
+    for r in (teacher_record, record):
+        assert set(r["metrics"]) == {"accuracy", "f1", "score"}
+        assert r["throughput_examples_per_s"] > 0 and r["parameters"] > r["encoder_parameters"] > 0
+    student = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "student-random")
+    assert student.config.pair_encoding == "diffcat" and student.config.distillation["task"] == "MRPC"
+    assert (out / "MRPC" / "student-random" / "README.md").is_file()
+    assert not (out / "MRPC" / "student-random" / "checkpoints").exists()
+
+    # Second student from the first one's checkpoint: the fine-tuned teacher is reused, not trained again.
+    mtime = (out / "MRPC" / "teacher" / "model.safetensors").stat().st_mtime
+    student_args = ["--student", str(out / "MRPC" / "student-random"), "--student-name", "warm"]
+    assert cli.main(["glue", "mrpc", *student_args, *common]) == 0
+    assert (out / "MRPC" / "teacher" / "model.safetensors").stat().st_mtime == mtime
+    assert (out / "MRPC" / "student-warm" / "metrics.json").is_file()
+
+    text = report.read_text()
+    assert text.startswith("# Results") and text.endswith("More text.\n") and "old table" not in text
+    assert "| student-warm |" in text and "(1/9 tasks)" in text
+
+
+def test_write_report_without_results_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cmow glue TASK"):
+        write_report(tmp_path, tmp_path / "glue.md", "cmow glue all")
