@@ -1,0 +1,122 @@
+"""Settings of a general distillation run: one dataclass whose docstring states the objective."""
+
+from dataclasses import asdict, dataclass
+
+OBJECTIVES = ("auto", "mlm", "hidden")
+HIDDEN_LOSSES = ("cosine", "mse", "mse+cosine")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class DistillationConfig:
+    r"""How to distil a teacher into a CMOW student.
+
+    The objective follows from the teacher (``objective="auto"``):
+
+    * ``"mlm"``, a teacher with a masked-LM head (``*ForMaskedLM``), the paper's objective. Inputs are masked as in
+      BERT (``mlm_probability`` of the tokens; of those 80% ``[MASK]``, 10% random, 10% kept); teacher and student see
+      the same masked input. With student logits ``s_i``, teacher logits ``t_i`` at the non-pad positions ``i`` and
+      the original tokens ``y_i`` at the masked positions ``M``::
+
+          L = alpha_ce * T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T)) + alpha_mlm * mean_{i in M} CE(s_i, y_i)
+
+    * ``"hidden"``, any other teacher (an encoder or a sentence-transformer). Inputs are not masked. With the
+      student's per-token outputs ``h_i`` and pooled output ``p``, the teacher's last hidden states ``H_i`` and its
+      sentence embedding ``e`` (the teacher's own pooling, e.g. mean, then L2-normalised if it declares a Normalize
+      module), and trainable projections ``W_tok``, ``W_sent`` (dropped after training)::
+
+          L = alpha_token * mean_i D(W_tok h_i, H_i)  +  alpha_sentence * mean_batch D(W_sent p, e)
+
+      where ``D`` is ``hidden_loss``: ``"cosine"`` ``1 - cos(a, b)``, ``"mse"`` ``mean_k (a_k - b_k)^2`` or
+      ``"mse+cosine"`` their sum; ``i`` runs over non-pad positions.
+
+    Training stops after ``max_steps`` optimizer steps or ``num_epochs`` passes over the corpus, whichever comes first.
+
+    Args:
+        objective: ``"auto"``, ``"mlm"`` or ``"hidden"``.
+        max_seq_length: Texts are truncated to this many tokens.
+        batch_size: Texts per micro-batch and process.
+        gradient_accumulation_steps: Micro-batches per optimizer step.
+        learning_rate: Peak AdamW learning rate, reached after ``warmup_steps`` and decayed linearly to zero at
+            ``max_steps`` (kept constant when ``max_steps`` is ``None``).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        max_steps: Optimizer steps to train; ``None`` trains ``num_epochs`` epochs.
+        num_epochs: Passes over the corpus.
+        stop_at_step: End the run early at this step, saving a checkpoint, without changing the schedule (for
+            time-boxed jobs continued later with ``resume``).
+        max_grad_norm: Gradient clipping norm; ``0`` disables clipping.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (CMOW products always run in float32).
+        seed: Seed of initialisation, masking and shuffling.
+        temperature: ``T`` of the MLM distillation.
+        alpha_ce: Weight of the KL term (paper: 5.0).
+        alpha_mlm: Weight of the masked-LM term (paper: 2.0).
+        mlm_probability: Fraction of tokens masked.
+        hidden_loss: ``D`` of the hidden-state objective.
+        alpha_token: Weight of the per-token term.
+        alpha_sentence: Weight of the sentence term.
+        shuffle_buffer_size: Texts in the streaming shuffle buffer; ``0`` keeps the corpus order.
+        text_column: Column of the corpus that holds the text.
+        save_steps: Save a resumable checkpoint every this many steps; ``0`` saves none.
+        save_total_limit: Checkpoints kept (older ones are deleted).
+        logging_steps: Log losses and throughput every this many steps.
+        cache_dir: Store the teacher's targets under this folder and reuse them in later epochs and runs
+            (``"hidden"`` objective only; every epoch then sees the corpus in the same order).
+        report_to: Tracker for metrics: ``"auto"`` (tensorboard if installed), ``"tensorboard"`` or ``"none"``.
+    """
+
+    objective: str = "auto"
+    max_seq_length: int = 128
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int | None = None
+    num_epochs: int = 1
+    stop_at_step: int | None = None
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 42
+    temperature: float = 2.0
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    mlm_probability: float = 0.15
+    hidden_loss: str = "cosine"
+    alpha_token: float = 1.0
+    alpha_sentence: float = 1.0
+    shuffle_buffer_size: int = 10_000
+    text_column: str = "text"
+    save_steps: int = 1000
+    save_total_limit: int = 2
+    logging_steps: int = 50
+    cache_dir: str | None = None
+    report_to: str = "auto"
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("objective", OBJECTIVES),
+            ("hidden_loss", HIDDEN_LOSSES),
+            ("mixed_precision", MIXED_PRECISIONS),
+            ("report_to", ("auto", "tensorboard", "none")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"`{name}` must be one of {', '.join(map(repr, allowed))}; got {getattr(self, name)!r}."
+                )
+        for name in ("max_seq_length", "batch_size", "gradient_accumulation_steps", "num_epochs", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1; got {getattr(self, name)!r}.")
+        for name in ("max_steps", "stop_at_step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0; got {self.temperature!r}.")
+
+    def to_dict(self) -> dict:
+        """The settings, without machine-specific paths, for ``config.distillation``."""
+        settings = asdict(self)
+        settings.pop("cache_dir")
+        return settings

@@ -1,0 +1,73 @@
+"""The student side of the objectives: the trained module (student + training-only projections) and the losses."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..modeling_cmow import CMOWPreTrainedModel
+from .config import DistillationConfig
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float):
+    """``T^2 * KL(softmax(t / T) || softmax(s / T))``, summed over the vocabulary, averaged over ``mask`` positions."""
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(dim=-1)  # (batch, seq)
+    mask = mask.to(kl.dtype)
+    return temperature**2 * (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+def hidden_distance(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-vector distance ``D``: ``1 - cos``, mean squared error, or their sum; shape ``prediction.shape[:-1]``."""
+    prediction, target = prediction.float(), target.float()
+    distance = torch.zeros(prediction.shape[:-1], device=prediction.device)
+    if "mse" in kind:
+        distance = distance + (prediction - target).pow(2).mean(dim=-1)
+    if "cosine" in kind:
+        distance = distance + 1 - F.cosine_similarity(prediction, target, dim=-1)
+    return distance
+
+
+class DistillationModule(nn.Module):
+    """The student plus, for the hidden-state objective, linear projections to the teacher's size.
+
+    ``forward(batch, targets)`` returns ``{"loss": ..., <term>: ...}``; only this module is trained and wrapped for
+    data parallelism, the teacher stays outside.
+    """
+
+    def __init__(
+        self, student: CMOWPreTrainedModel, objective: str, config: DistillationConfig, teacher_hidden_size: int
+    ):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+        self.config = config
+        if objective == "hidden":
+            hidden = student.config.hidden_size
+            self.token_projection = nn.Linear(hidden, teacher_hidden_size)
+            self.sentence_projection = nn.Linear(hidden, teacher_hidden_size)
+
+    def forward(self, batch: dict, targets: dict) -> dict:
+        config = self.config
+        mask = batch["attention_mask"]
+        if self.objective == "mlm":
+            outputs = self.student(batch["input_ids"], mask, labels=batch["labels"])
+            terms = {
+                "kd": kd_loss(outputs.logits, targets["logits"], mask, config.temperature),
+                "mlm": outputs.loss,
+            }
+            loss = config.alpha_ce * terms["kd"] + config.alpha_mlm * terms["mlm"]
+            return {"loss": loss, **terms}
+        outputs = self.student(batch["input_ids"], mask)
+        token_distance = hidden_distance(
+            self.token_projection(outputs.last_hidden_state), targets["token_states"], config.hidden_loss
+        )  # (batch, seq)
+        weights = mask.to(token_distance.dtype)
+        terms = {
+            "token": (token_distance * weights).sum() / weights.sum().clamp_min(1),
+            "sentence": hidden_distance(
+                self.sentence_projection(outputs.pooler_output), targets["sentence"], config.hidden_loss
+            ).mean(),
+        }
+        loss = config.alpha_token * terms["token"] + config.alpha_sentence * terms["sentence"]
+        return {"loss": loss, **terms}

@@ -1,0 +1,279 @@
+"""The distillation loop on accelerate: ``distill_from_model`` takes ready objects and trains the student."""
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from ..modeling_cmow import CMOWPreTrainedModel
+from .cache import TeacherCache, fingerprint
+from .config import DistillationConfig
+from .corpus import Corpus, first_text, text_batches
+from .objectives import DistillationModule
+from .output import save_student
+from .teacher import TeacherPooling, check_compatibility, resolve_objective, teacher_targets
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+class Progress:
+    """Where the run stands; saved in every checkpoint so a resumed run skips the batches it already consumed."""
+
+    def __init__(self):
+        self.step = self.epoch = self.batches_in_epoch = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder with the highest step under ``output_dir/checkpoints``, if any."""
+    folders = sorted(Path(output_dir, CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return folders[-1] if folders else None
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    accelerator.save_state(str(output_dir / CHECKPOINTS / f"step-{step}"))
+    if accelerator.is_main_process:
+        folders = sorted((output_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in folders[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _tracker(report_to: str) -> str | None:
+    if report_to == "none" or (report_to == "auto" and importlib.util.find_spec("tensorboard") is None):
+        return None
+    return "tensorboard"
+
+
+def _collate(texts: list[str], tokenizer, collator, config: DistillationConfig) -> dict:
+    """Tokenize a batch; the MLM collator pads and masks (80/10/10), otherwise the tokenizer pads."""
+    if collator is None:
+        return dict(
+            tokenizer(texts, truncation=True, max_length=config.max_seq_length, padding=True, return_tensors="pt")
+        )
+    encoded = tokenizer(texts, truncation=True, max_length=config.max_seq_length, return_special_tokens_mask=True)
+    features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
+    return dict(collator(features))
+
+
+def distill_from_model(
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    student: CMOWPreTrainedModel,
+    dataset: Corpus,
+    output_dir: str | os.PathLike,
+    config: DistillationConfig | None = None,
+    *,
+    teacher_pooling: TeacherPooling | None = None,
+    teacher_name: str | None = None,
+    corpus_name: str | None = None,
+    resume: bool = False,
+    push_to_hub: str | None = None,
+) -> CMOWPreTrainedModel:
+    """Distil ``teacher`` into ``student`` on ``dataset`` and save the student to ``output_dir``.
+
+    Args:
+        teacher: A transformers model; a ``*ForMaskedLM`` model gets the MLM objective, any other the hidden-state
+            objective (see ``DistillationConfig``). It is frozen, kept in eval mode and never wrapped for DDP.
+        tokenizer: The teacher's tokenizer; the student uses it too.
+        student: ``CMOWForMaskedLM`` for the MLM objective, ``CMOWModel`` for the hidden-state one, with the
+            teacher's ``vocab_size`` and the tokenizer's ``pad_token_id``.
+        dataset: A ``datasets`` ``Dataset`` or ``IterableDataset`` with a ``config.text_column`` column.
+        output_dir: Where the student, its tokenizer, its card and the checkpoints go.
+        config: The settings; defaults to ``DistillationConfig()``.
+        teacher_pooling: The teacher's sentence pooling (hidden-state objective); defaults to mean pooling.
+        teacher_name: Recorded as ``config.teacher`` of the saved student.
+        corpus_name: Names the corpus in the saved config and in the teacher cache's key.
+        resume: Continue from the latest checkpoint in ``output_dir/checkpoints``.
+        push_to_hub: A Hub repository id to upload the saved student to.
+
+    Returns:
+        The trained student (unwrapped).
+
+    Raises:
+        ValueError: if teacher, tokenizer, student and corpus do not fit together (before any training).
+    """
+    config = config or DistillationConfig()
+    teacher_pooling = teacher_pooling or TeacherPooling()
+    output_dir = Path(output_dir)
+    objective = resolve_objective(config.objective, teacher)
+    check_compatibility(teacher, tokenizer, student, objective)
+    first_text(dataset, config.text_column)
+    if config.cache_dir and objective != "hidden":
+        raise ValueError("The teacher cache works with the 'hidden' objective only: MLM targets change with masking.")
+    if resume and latest_checkpoint(output_dir) is None:
+        raise FileNotFoundError(f"Nothing to resume: no checkpoint under {output_dir / CHECKPOINTS}.")
+
+    # Set-up: accelerator, seeded module and optimizer, a frozen teacher on the same device.
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, log_with=_tracker(config.report_to), project_dir=str(output_dir)
+    )
+    set_seed(config.seed)
+    module = DistillationModule(student, objective, config, getattr(teacher.config, "hidden_size", 0))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        "linear" if config.max_steps else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=config.max_steps,
+    )
+    module, optimizer = accelerator.prepare(module, optimizer)
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    teacher.requires_grad_(False).eval().to(accelerator.device)
+    collator = (
+        DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability)
+        if objective == "mlm"
+        else None
+    )
+    cache = None
+    if config.cache_dir:
+        settings = {
+            **{k: getattr(config, k) for k in ("max_seq_length", "batch_size", "seed", "shuffle_buffer_size")},
+            "text_column": config.text_column,
+            "world_size": accelerator.num_processes,
+            "pooling": teacher_pooling,
+        }
+        corpus_id = corpus_name or getattr(dataset, "_fingerprint", None)
+        if corpus_id is None:
+            raise ValueError("The teacher cache needs a corpus_name (the corpus's identity) to key the cache.")
+        cache = TeacherCache(
+            config.cache_dir, fingerprint(teacher, tokenizer, corpus_id, settings), accelerator.process_index
+        )
+    if resume:
+        checkpoint = latest_checkpoint(output_dir)
+        accelerator.load_state(str(checkpoint))
+        logger.info("Resumed from %s at step %d", checkpoint, progress.step)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("cmow-distill", config={k: v for k, v in config.to_dict().items() if v is not None})
+
+    total = min(config.max_steps or float("inf"), config.stop_at_step or float("inf"))
+    bar = tqdm(
+        total=None if total == float("inf") else total,
+        initial=progress.step,
+        disable=not accelerator.is_local_main_process,
+        desc=f"distilling ({objective})",
+        unit="step",
+    )
+    window = {"loss": 0.0, "texts": 0, "micro": 0, "start": time.perf_counter()}
+    accumulation = config.gradient_accumulation_steps
+    micro = 0
+    done = progress.step >= total
+    module.train()
+    while not done and progress.epoch < config.num_epochs:
+        stream = text_batches(
+            dataset,
+            text_column=config.text_column,
+            batch_size=config.batch_size,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            shuffle_buffer_size=config.shuffle_buffer_size,
+            seed=config.seed,
+            epoch=0 if cache else progress.epoch,
+        )
+        index = -1
+        while not done:
+            # Fetch: every process needs a batch, else the epoch ends for all of them (DDP must stay in step).
+            texts = next(stream, None)
+            index += 1
+            if accelerator.num_processes > 1:
+                flag = torch.tensor([texts is not None], dtype=torch.long, device=accelerator.device)
+                if accelerator.gather(flag).min().item() == 0:
+                    texts = None
+            if texts is None:
+                break
+            if index < progress.batches_in_epoch:  # consumed before the checkpoint we resumed from
+                continue
+            batch = {k: v.to(accelerator.device) for k, v in _collate(texts, tokenizer, collator, config).items()}
+
+            # Teacher targets, from the cache when it has them.
+            targets = cache.load(index, accelerator.device) if cache else None
+            if targets is None:
+                targets = teacher_targets(teacher, batch, objective, teacher_pooling)
+                if cache:
+                    cache.save(index, targets)
+                    targets = {name: t.half().float() for name, t in targets.items()}  # what a cache read gives
+
+            # Forward and backward; gradients are synchronised only on the last micro-batch of a step.
+            micro += 1
+            progress.batches_in_epoch += 1
+            sync = micro % accumulation == 0
+            with contextlib.nullcontext() if sync else accelerator.no_sync(module):
+                with accelerator.autocast():
+                    terms = module(batch, targets)
+                accelerator.backward(terms["loss"] / accumulation)
+            window["loss"] += terms["loss"].item()
+            window["texts"] += len(texts) * accelerator.num_processes
+            window["micro"] += 1
+            if not sync:
+                continue
+
+            # Optimizer step, then log and checkpoint.
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            progress.step += 1
+            bar.update(1)
+            if progress.step % config.logging_steps == 0 or progress.step == total:
+                elapsed = time.perf_counter() - window["start"]
+                metrics = {
+                    "loss": window["loss"] / window["micro"],
+                    "texts_per_second": window["texts"] / elapsed,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    **{f"loss_{name}": value.item() for name, value in terms.items() if name != "loss"},
+                }
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", texts_s=f"{metrics['texts_per_second']:.0f}")
+                accelerator.log(metrics, step=progress.step)
+                logger.debug("step %d: %s", progress.step, metrics)
+                window = {"loss": 0.0, "texts": 0, "micro": 0, "start": time.perf_counter()}
+            done = progress.step >= total
+            if (config.save_steps and progress.step % config.save_steps == 0) or progress.step == config.stop_at_step:
+                _save_checkpoint(accelerator, output_dir, progress.step, config.save_total_limit)
+        if not done:
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+    bar.close()
+    if progress.step == 0:
+        raise ValueError(
+            f"The corpus is too small for one optimizer step of {config.batch_size * accumulation} texts per process."
+        )
+    if cache:
+        logger.info("Teacher cache %s: %d hits, %d misses", cache.folder, cache.hits, cache.misses)
+    accelerator.end_training()
+
+    # Save: the student alone (the projections were training-only), on the main process.
+    accelerator.wait_for_everyone()
+    student = accelerator.unwrap_model(module).student
+    if progress.step != config.stop_at_step and accelerator.is_main_process:
+        save_student(
+            student,
+            tokenizer,
+            output_dir,
+            teacher=teacher_name or teacher.config.name_or_path,
+            objective=objective,
+            config=config,
+            steps=progress.step,
+            corpus=corpus_name,
+            push_to_hub=push_to_hub,
+        )
+    accelerator.wait_for_everyone()
+    return student
