@@ -1,5 +1,20 @@
 """GLUE: data, metrics and task-specific training of CMOW models."""
 
-from .data import TASKS, GlueTask, load_glue
+from .data import TASKS, GlueTask, get_task, load_glue
+from .distill_trainer import DistillationTrainer, distillation_loss, predict_logits
+from .metrics import glue_score, task_metrics
+from .run import GlueRunConfig, run_task
 
-__all__ = ["TASKS", "GlueTask", "load_glue"]
+__all__ = [
+    "TASKS",
+    "DistillationTrainer",
+    "GlueRunConfig",
+    "GlueTask",
+    "distillation_loss",
+    "get_task",
+    "glue_score",
+    "load_glue",
+    "predict_logits",
+    "run_task",
+    "task_metrics",
+]

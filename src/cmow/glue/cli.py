@@ -24,7 +24,9 @@ def add_parser(commands) -> None:
         description="For each task: fine-tune a teacher (or reuse one), distil a CMOW student from its logits, keep "
         "the best epoch by the task's metric, evaluate on dev and save model, tokenizer and metrics.json.",
     )
-    parser.add_argument("tasks", nargs="+", metavar="TASK", help=f"'all' or any of {', '.join(TASKS)}")
+    parser.add_argument(
+        "tasks", nargs="*", metavar="TASK", help=f"'all' or any of {', '.join(TASKS)}; none: only --report"
+    )
     parser.add_argument("--output-dir", default=defaults.output_dir, help="runs go to OUTPUT_DIR/<TASK>/")
     parser.add_argument(
         "--glue-dir",
@@ -42,10 +44,13 @@ def add_parser(commands) -> None:
     parser.add_argument("--max-train-samples", type=int, help="train on this many examples (quick runs)")
     parser.add_argument("--max-eval-samples", type=int, help="evaluate on this many examples (quick runs)")
     parser.add_argument("--report", metavar="MD", help="write the results table of OUTPUT_DIR into this markdown file")
+    parser.add_argument("--report-command", help="the command to cite next to the table (default: this one)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.tasks and not args.report:
+        raise ValueError("Name GLUE tasks to run (or 'all'), or pass --report to only write the results table.")
     names = list(TASKS) if [t.lower() for t in args.tasks] == ["all"] else [get_task(t).name for t in args.tasks]
     if args.teacher and len(names) > 1:
         raise ValueError("--teacher is fine-tuned on one task: run one task at a time with it.")
@@ -59,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
         for role, record in records.items():
             logger.info("%s %s: %s", name, role, record["metrics"])
     if args.report:
-        write_report(args.output_dir, args.report, "cmow " + shlex.join(sys.argv[1:]))
+        write_report(args.output_dir, args.report, args.report_command or "cmow " + shlex.join(sys.argv[1:]))
         logger.info("Wrote the results table to %s", args.report)
     return 0
