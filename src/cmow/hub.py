@@ -35,22 +35,24 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
     """The files of a checkpoint folder that belong on the Hub, after checking the folder is complete.
 
     Raises:
-        FileNotFoundError: if weights, config, remote code or README.md are missing.
-        ValueError: if the folder holds pickled weights, or its config lacks part of the ``auto_map``.
+        FileNotFoundError: if safetensors weights, config, remote code or README.md are missing.
+        ValueError: if the config lacks part of the ``auto_map``.
+
+    Pickled files (``training_args.bin``, ``pytorch_model.bin``) are never uploaded.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: pass a folder written by `model.save_pretrained`.")
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise ValueError(
-            f"{folder} holds pickled weights ({', '.join(pickles)}); cmow publishes safetensors only. Save with "
-            "`model.save_pretrained(folder)` (safetensors by default) and remove the pickle files."
-        )
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     weights += sorted(folder.glob("model-*-of-*.safetensors"))
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
     if not weights:
-        raise FileNotFoundError(f"{folder} has no model.safetensors: save the model with `save_pretrained` first.")
+        hint = f" It holds pickled files ({', '.join(pickles)}); cmow publishes safetensors only." if pickles else ""
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors.{hint} Save the model with `model.save_pretrained(folder)`."
+        )
+    if pickles:
+        logger.info("Not uploading pickled files %s: cmow publishes safetensors only.", ", ".join(pickles))
     missing_code = [name for name in CODE_FILES if not (folder / name).is_file()]
     if missing_code:
         raise FileNotFoundError(
