@@ -31,13 +31,61 @@ from transformers.modeling_outputs import (
 from .configuration_cmow import CMOWConfig
 
 _NORM_EPS = 1e-20
+_LEVELS_PER_RESCALE = 2  # products of 4 rescaled matrices stay below max(||E||, sqrt d)^4: far from fp32 overflow
 
 
 def normalize_product(matrices: torch.Tensor) -> torch.Tensor:
     """Rescale each ``(d, d)`` matrix to the Frobenius norm of the identity, ``sqrt(d)``."""
     d = matrices.shape[-1]
-    norm = torch.linalg.matrix_norm(matrices).clamp_min(_NORM_EPS)  # (...)
+    norm = torch.linalg.vector_norm(matrices.flatten(-2), dim=-1).clamp_min(_NORM_EPS)  # (...)
     return matrices * (math.sqrt(d) / norm)[..., None, None]
+
+
+def _normalize_fresh(matrices: torch.Tensor) -> torch.Tensor:
+    """``normalize_product`` of a tensor nobody else holds: in place when autograd does not need it (inference)."""
+    if torch.is_grad_enabled() and matrices.requires_grad:
+        return normalize_product(matrices)
+    norm = torch.linalg.vector_norm(matrices.flatten(-2), dim=-1).clamp_min_(_NORM_EPS)  # (...)
+    return matrices.mul_(norm.reciprocal_().mul_(math.sqrt(matrices.shape[-1]))[..., None, None])
+
+
+def tree_order(length: int) -> list[int]:
+    """Storage order of ``length`` positions in which every level of the tree reduction pairs the two halves.
+
+    With positions stored in this order, level by level the left factors of all pairs are the first ``n // 2``
+    entries, the right factors the next ``n // 2``, and an odd last position is stored last; the pair products come
+    out in the same order again for the next level. So each level is one ``bmm`` of two contiguous blocks, with no
+    copies. For powers of two this is the bit-reversal permutation.
+    """
+    if length == 1:
+        return [0]
+    half = tree_order(length // 2)
+    return [2 * p for p in half] + [2 * p + 1 for p in half] + ([length - 1] if length % 2 else [])
+
+
+def tree_reduce(matrices: torch.Tensor) -> torch.Tensor:
+    """Normalised product of ``(n, batch, d, d)`` matrices stored in ``tree_order(n)``, in ``ceil(log2 n)`` levels.
+
+    Each level multiplies the first half by the second half in one ``bmm``. An odd last entry (the rightmost factor
+    of that level) is set aside and multiplied in at the end, so no level copies its input.
+    """
+    n, batch, d, _ = matrices.shape
+    leftovers = []
+    level = 0
+    while n > 1:
+        half = n // 2
+        if n % 2:
+            leftovers.append(matrices[-1])  # (batch, d, d): the rightmost factor of this level
+        left = matrices[:half].reshape(half * batch, d, d)
+        right = matrices[half : 2 * half].reshape(half * batch, d, d)
+        matrices = torch.bmm(left, right).view(half, batch, d, d)
+        n, level = half, level + 1
+        if level % _LEVELS_PER_RESCALE == 0 and n > 1:
+            matrices = _normalize_fresh(matrices)
+    product = matrices[0]  # (batch, d, d)
+    for leftover in reversed(leftovers):
+        product = _normalize_fresh(torch.bmm(product, leftover))
+    return normalize_product(product)
 
 
 def tree_product(matrices: torch.Tensor) -> torch.Tensor:
@@ -49,16 +97,8 @@ def tree_product(matrices: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(batch, d, d)``.
     """
-    batch, n, d, _ = matrices.shape
-    while n > 1:
-        if n % 2:
-            eye = torch.eye(d, dtype=matrices.dtype, device=matrices.device).expand(batch, 1, d, d)
-            matrices = torch.cat([matrices, eye], dim=1)
-            n += 1
-        pairs = matrices.view(batch, n // 2, 2, d, d)
-        matrices = normalize_product(pairs[:, :, 0] @ pairs[:, :, 1])  # (batch, n/2, d, d)
-        n //= 2
-    return normalize_product(matrices[:, 0])
+    order = torch.tensor(tree_order(matrices.shape[1]), device=matrices.device)
+    return tree_reduce(matrices.transpose(0, 1)[order])  # (n, batch, d, d) in tree order
 
 
 def prefix_products(matrices: torch.Tensor) -> torch.Tensor:
@@ -92,8 +132,10 @@ class MatrixEmbedding(nn.Embedding):
         """Token matrices in float32, identity where ``mask`` is False: ``(batch, seq, d, d)``."""
         d = self.matrix_size
         matrices = super().forward(input_ids).float().view(*input_ids.shape, d, d)
-        eye = torch.eye(d, dtype=matrices.dtype, device=matrices.device)
-        return torch.where(mask[..., None, None], matrices, eye)
+        if not bool(mask.all()):
+            # Writes only the padded positions (few, in length-sorted batches); the lookup's output is ours to change.
+            matrices[~mask] = torch.eye(d, dtype=matrices.dtype, device=matrices.device)
+        return matrices
 
 
 class CMOWEncoder(nn.Module):
@@ -137,15 +179,18 @@ class CMOWEncoder(nn.Module):
             for table, reverse in ((self.cmow_embeddings, False), (self.cmow_bw_embeddings, True)):
                 if table is None:
                     continue
-                ids, table_mask = (input_ids.flip(1), mask.flip(1)) if reverse else (input_ids, mask)
-                matrices = table(ids, table_mask)  # (batch, seq, d, d)
                 if token_states:
-                    prefixes = prefix_products(matrices)  # (batch, seq, d, d)
+                    ids, table_mask = (input_ids.flip(1), mask.flip(1)) if reverse else (input_ids, mask)
+                    prefixes = prefix_products(table(ids, table_mask))  # (batch, seq, d, d)
                     pooled.append(prefixes[:, -1].flatten(1))
                     prefixes = prefixes.flip(1) if reverse else prefixes
                     tokens.append(prefixes.flatten(2))
                 else:
-                    pooled.append(tree_product(matrices).flatten(1))
+                    # Look the matrices up directly in the reduction's layout and order: no copies later.
+                    order = torch.tensor(tree_order(seq), device=input_ids.device)
+                    order = seq - 1 - order if reverse else order
+                    matrices = table(input_ids[:, order].t(), mask[:, order].t())  # (seq, batch, d, d)
+                    pooled.append(tree_reduce(matrices).flatten(1))
         token_output = self.dropout(torch.cat(tokens, dim=-1)) if token_states else None
         return token_output, self.dropout(torch.cat(pooled, dim=-1))
 
