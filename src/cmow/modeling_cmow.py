@@ -168,14 +168,20 @@ class CMOWEncoder(nn.Module):
         tokens, pooled = [], []
         # Products stay in float32 also under autocast: bf16 has too few mantissa bits for long products.
         with torch.autocast(device_type=input_ids.device.type, enabled=False):
-            if self.cbow_embeddings is not None:
+            if self.cbow_embeddings is not None and token_states:
                 vectors = self.cbow_embeddings(input_ids).float() * mask[..., None]  # (batch, seq, cbow)
-                sums = vectors.cumsum(dim=1) if token_states else vectors.sum(dim=1, keepdim=True)
+                sums = vectors.cumsum(dim=1)
                 if self.config.cbow_pooling == "mean":
-                    counts = mask.cumsum(dim=1) if token_states else mask.sum(dim=1, keepdim=True)
-                    sums = sums / counts.clamp_min(1)[..., None]
+                    sums = sums / mask.cumsum(dim=1).clamp_min(1)[..., None]
                 tokens.append(sums)
                 pooled.append(sums[:, -1])
+            elif self.cbow_embeddings is not None:
+                # Fused lookup and sum: the (batch, seq, cbow) vectors are never materialised.
+                weight = self.cbow_embeddings.weight
+                sums = F.embedding_bag(input_ids, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
+                if self.config.cbow_pooling == "mean":
+                    sums = sums.float() / mask.sum(dim=1).clamp_min(1)[:, None]
+                pooled.append(sums.float())  # (batch, cbow)
             for table, reverse in ((self.cmow_embeddings, False), (self.cmow_bw_embeddings, True)):
                 if table is None:
                     continue
