@@ -51,10 +51,13 @@ class DistillationModule(nn.Module):
         config = self.config
         mask = batch["attention_mask"]
         if self.objective == "mlm":
-            outputs = self.student(batch["input_ids"], mask, labels=batch["labels"])
+            logits = self.student(batch["input_ids"], mask).logits  # (batch, seq, vocab)
+            labels = batch["labels"]
+            # A batch of short texts may have no masked token: average over the masked ones, zero if there are none.
+            cross_entropy = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
             terms = {
-                "kd": kd_loss(outputs.logits, targets["logits"], mask, config.temperature),
-                "mlm": outputs.loss,
+                "kd": kd_loss(logits, targets["logits"], mask, config.temperature),
+                "mlm": cross_entropy / (labels != -100).sum().clamp_min(1),
             }
             loss = config.alpha_ce * terms["kd"] + config.alpha_mlm * terms["mlm"]
             return {"loss": loss, **terms}

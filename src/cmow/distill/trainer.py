@@ -162,6 +162,9 @@ def distill_from_model(
         logger.info("Resumed from %s at step %d", checkpoint, progress.step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "Distilling (%s objective) on %d process(es), %s", objective, accelerator.num_processes, accelerator.device
+    )
     accelerator.init_trackers("cmow-distill", config={k: v for k, v in config.to_dict().items() if v is not None})
 
     total = min(config.max_steps or float("inf"), config.stop_at_step or float("inf"))
@@ -258,7 +261,6 @@ def distill_from_model(
         )
     if cache:
         logger.info("Teacher cache %s: %d hits, %d misses", cache.folder, cache.hits, cache.misses)
-    accelerator.end_training()
 
     # Save: the student alone (the projections were training-only), on the main process.
     accelerator.wait_for_everyone()
@@ -276,4 +278,5 @@ def distill_from_model(
             push_to_hub=push_to_hub,
         )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers and the process group
     return student

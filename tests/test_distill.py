@@ -1,0 +1,224 @@
+"""General distillation with tiny random BERT teachers and a 99-token WordPiece tokenizer built offline."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel, BertTokenizer
+
+from cmow import CMOWForMaskedLM, CMOWModel
+from cmow.distill import DistillationConfig, TeacherPooling, distill_from_model
+from cmow.distill.cli import settings_from
+from cmow.distill.corpus import first_text, load_corpus
+from cmow.distill.objectives import kd_loss
+from cmow.distill.teacher import read_pooling
+from cmow.distill.trainer import latest_checkpoint
+from conftest import PAD, SEP, VOCAB, tiny_config
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: PAD and SEP match conftest
+WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer() -> BertTokenizer:
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + WORDS)})
+    assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.sep_token_id) == (VOCAB, PAD, SEP)
+    return tokenizer
+
+
+def corpus_texts(count: int = 40, seed: int = 0) -> list[str]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 9, (count,), generator=generator)
+    return [" ".join(WORDS[i] for i in torch.randint(0, 20, (int(n),), generator=generator)) for n in lengths]
+
+
+def tiny_teacher(cls=BertForMaskedLM, vocab_size: int = VOCAB):
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=12,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=13,
+        max_position_embeddings=17,
+        pad_token_id=PAD,
+    )
+    return cls(config).eval()
+
+
+def run_config(**overrides) -> DistillationConfig:
+    settings = dict(
+        batch_size=3, max_seq_length=7, max_steps=30, warmup_steps=2, learning_rate=3e-2, logging_steps=5,
+        save_steps=0, shuffle_buffer_size=0, num_epochs=100, report_to="none",
+    )  # fmt: skip
+    settings.update(overrides)
+    return DistillationConfig(**settings)
+
+
+def logged_losses(caplog) -> list[float]:
+    return [r.args[1]["loss"] for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")]
+
+
+def test_kd_loss_known_values():
+    teacher = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])  # (batch 1, seq 2, vocab 2)
+    student = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1]])
+    p = torch.softmax(torch.tensor([2.0, 0.0]) / 2, dim=0)
+    kl_second = (p * (p / 0.5).log()).sum()  # KL(p || uniform); the first position matches exactly
+    expected = 4 * kl_second / 2  # T^2 * mean over the two positions
+    assert torch.allclose(kd_loss(student, teacher, mask, temperature=2.0), expected)
+    assert kd_loss(student, teacher, torch.tensor([[1, 0]]), 2.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mlm_teacher_lowers_loss_and_saves_masked_lm(tiny_tokenizer, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
+    student = CMOWForMaskedLM(tiny_config())
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
+    distill_from_model(
+        tiny_teacher(), tiny_tokenizer, student, dataset, tmp_path, run_config(), teacher_name="tiny-bert-mlm"
+    )
+    losses = logged_losses(caplog)
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert isinstance(reloaded, CMOWForMaskedLM)
+    assert reloaded.config.teacher == "tiny-bert-mlm"
+    assert reloaded.config.distillation["objective"] == "mlm" and reloaded.config.distillation["steps"] == 30
+    assert {"modeling_cmow.py", "configuration_cmow.py", "README.md", "tokenizer.json"} <= set(os.listdir(tmp_path))
+
+
+def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
+    config = run_config(hidden_loss="mse+cosine")
+    pooling = TeacherPooling("mean", normalize=True)
+    student = CMOWModel(tiny_config())
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
+    distill_from_model(
+        tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, config, teacher_pooling=pooling
+    )
+    losses = logged_losses(caplog)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert not any("projection" in name for name in load_file(tmp_path / "model.safetensors"))
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(reloaded, CMOWModel) and reloaded.config.distillation["objective"] == "hidden"
+
+
+def test_teacher_cache_reproduces_the_uncached_run(tiny_tokenizer, tmp_path):
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts(12)})  # 4 batches per epoch, 3 epochs
+    config = run_config(max_steps=12, cache_dir=str(tmp_path / "cache"))
+    weights = []
+    for run in ("cold", "warm"):
+        torch.manual_seed(0)
+        student = CMOWModel(tiny_config())
+        teacher = tiny_teacher(BertModel)
+        distill_from_model(teacher, tiny_tokenizer, student, dataset, tmp_path / run, config, corpus_name="texts")
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-6)
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_tokenizer, tmp_path):
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts(20)})  # 7 batches per epoch: resumption mid-epoch 2
+    config = run_config(max_steps=10, save_steps=5, shuffle_buffer_size=5)
+
+    def run(folder, stop_at=None, resume=False):
+        torch.manual_seed(0)
+        student = CMOWForMaskedLM(tiny_config())
+        settings = {**config.__dict__, "stop_at_step": stop_at}
+        distill_from_model(
+            tiny_teacher(), tiny_tokenizer, student, dataset, folder, DistillationConfig(**settings), resume=resume
+        )
+
+    run(tmp_path / "straight")
+    run(tmp_path / "interrupted", stop_at=5)
+    assert latest_checkpoint(tmp_path / "interrupted").name == "step-5"
+    assert not (tmp_path / "interrupted" / "model.safetensors").exists()
+    run(tmp_path / "interrupted", resume=True)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "interrupted" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_two_process_launch_from_folders(tiny_tokenizer, tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    tiny_teacher().save_pretrained(teacher_dir)
+    tiny_tokenizer.save_pretrained(teacher_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(corpus_texts(30)) + "\n\n")
+    command = [
+        # accelerate 1.15's `launch --cpu --num_processes 2` starts one process without MPI; this starts two.
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cmow.cli", "distill",
+        "--teacher", str(teacher_dir), "--corpus", str(corpus), "--output-dir", str(tmp_path / "student"),
+        "--matrix-size", "3", "--cbow-size", "5", "--batch-size", "3", "--max-seq-length", "7", "--max-steps", "4",
+        "--save-steps", "2", "--report-to", "none",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Saved the distilled student" in result.stdout
+    assert "on 2 process(es)" in result.stderr
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["distillation"]["objective"] == "mlm" and saved["teacher"] == str(teacher_dir)
+    assert saved["vocab_size"] == VOCAB and saved["matrix_size"] == 3
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(tmp_path / "student/checkpoints/step-4"))
+
+
+def test_mismatched_or_incapable_teachers_fail_before_training(tiny_tokenizer, tmp_path):
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts(6)})
+    with pytest.raises(ValueError, match="vocab_size"):
+        student = CMOWModel(tiny_config(vocab_size=101))
+        distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, run_config())
+    with pytest.raises(ValueError, match="tokenizer has 99 tokens"):
+        student = CMOWModel(tiny_config(vocab_size=97))
+        distill_from_model(tiny_teacher(BertModel, 97), tiny_tokenizer, student, dataset, tmp_path, run_config())
+    with pytest.raises(ValueError, match="masked-LM head"):
+        student = CMOWForMaskedLM(tiny_config())
+        distill_from_model(
+            tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, run_config(objective="mlm")
+        )
+    with pytest.raises(ValueError, match="cache works with the 'hidden' objective"):
+        student = CMOWForMaskedLM(tiny_config())
+        config = run_config(cache_dir=str(tmp_path / "cache"))
+        distill_from_model(tiny_teacher(), tiny_tokenizer, student, dataset, tmp_path, config)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_corpora_get_clear_errors(tiny_tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus(tmp_path / "missing.txt.gz")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\n")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        first_text(load_corpus(blank), "text")
+    with pytest.raises(ValueError, match="no column 'text'"):
+        first_text(datasets.Dataset.from_dict({"sentence": ["w1 w2"]}), "text")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        student = CMOWModel(tiny_config())
+        empty = datasets.Dataset.from_dict({"text": ["", "  "]})
+        distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, empty, tmp_path, run_config())
+
+
+def test_sentence_transformers_pooling_is_read_from_the_folder(teacher_path, tmp_path):
+    assert read_pooling(teacher_path) == TeacherPooling("mean", normalize=True)
+    assert read_pooling(tmp_path) is None
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path):
+    from cmow.cli import build_parser
+
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({"max_steps": 7, "learning_rate": 0.5, "matrix_size": 3, "corpus": ["a.txt"]}))
+    args = build_parser().parse_args(["distill", "--config", str(config_file), "--learning-rate", "0.25"])
+    settings = settings_from(args)
+    assert (settings["max_steps"], settings["learning_rate"], settings["matrix_size"]) == (7, 0.25, 3)
+    config_file.write_text(json.dumps({"max_stpes": 7}))
+    with pytest.raises(ValueError, match="unknown settings max_stpes"):
+        settings_from(build_parser().parse_args(["distill", "--config", str(config_file)]))
