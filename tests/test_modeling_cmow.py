@@ -142,6 +142,12 @@ def test_masked_lm_shapes_and_loss_ignores_unlabelled_positions():
     torch.testing.assert_close(loss, expected)
 
 
+def test_masked_lm_loss_is_zero_not_nan_without_labelled_positions():
+    input_ids = random_ids()
+    loss = CMOWForMaskedLM(tiny_config())(input_ids, labels=torch.full_like(input_ids, -100)).loss
+    assert loss.item() == 0.0
+
+
 def test_return_dict_false_gives_tuples():
     model = CMOWForSequenceClassification(tiny_config(num_labels=2))
     logits = model(random_ids(), return_dict=False)[0]

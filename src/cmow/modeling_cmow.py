@@ -448,7 +448,11 @@ class CMOWForMaskedLM(CMOWPreTrainedModel):
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, seq, vocab)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size).float(), labels.view(-1), ignore_index=-100)
+            # Mean over labelled positions; a batch with none gives 0, not NaN.
+            token_losses = F.cross_entropy(
+                logits.view(-1, self.config.vocab_size).float(), labels.view(-1), ignore_index=-100, reduction="sum"
+            )
+            loss = token_losses / (labels != -100).sum().clamp_min(1)
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=(outputs.last_hidden_state,))
         return output if return_dict is not False else output.to_tuple()
 
