@@ -1,0 +1,322 @@
+"""End-to-end CPU inference benchmark of CMOW against transformer and static-embedding peers.
+
+From raw text to pooled embeddings (and to classification logits), on SST-2 sentences and Gutenberg paragraphs from
+the shared data, at several batch sizes. Every system gets the same batches (texts sorted by token count, then cut
+into batches), so the ratios are fair; slow systems are timed on a random sample of those batches. All systems run
+in one process, interleaved, so the ratios hold even when the machine is busy.
+
+    python benchmarks/benchmark_inference.py --data-dir ../shared/data            # ~6 min on 2 cores
+    python benchmarks/benchmark_inference.py --data-dir ../shared/data --quick    # ~1 min
+"""
+
+import argparse
+import csv
+import gzip
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+)
+
+from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, encode
+from cmow.data import data_dir, default_teacher
+from cmow.encode import _token_ids, pad_batch
+from cmow.modeling_cmow import normalize_product
+
+MODEL2VEC_CACHE = Path.home() / ".cache" / "cmow" / "model2vec-all-minilm-l6-v2"
+
+
+# --- data ---
+
+
+def sst2_sentences(folder: Path, limit: int) -> list[str]:
+    with open(folder / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [row[0] for row in rows][:limit]
+
+
+def corpus_paragraphs(folder: Path, limit: int) -> list[str]:
+    paragraphs = []
+    with gzip.open(folder / "corpus" / "gutenberg_train_50MB.txt.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if 40 <= len(line.split()) <= 150:  # paragraphs (not headings) that fit a 512-token transformer
+                paragraphs.append(line.strip())
+            if len(paragraphs) == limit:
+                break
+    return paragraphs
+
+
+def sorted_batches(tokenizer, texts: list[str], batch_size: int) -> list[list[str]]:
+    """The same batches for every system: texts sorted by token count, then cut."""
+    lengths = [len(ids) for ids in _token_ids(tokenizer, texts)]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    return [[texts[i] for i in order[start : start + batch_size]] for start in range(0, len(texts), batch_size)]
+
+
+# --- systems: each maps a batch of raw texts to a tensor ---
+
+
+def mean_pooled(model, tokenizer, max_length: int = 512):
+    def run(texts):
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    return run
+
+
+def transformer_tokenize(tokenizer, max_length: int = 512):
+    return lambda texts: tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def cmow_tokenize(tokenizer, pad_token_id: int):
+    return lambda texts: pad_batch(_token_ids(tokenizer, texts), pad_token_id)
+
+
+def cmow_logits(model, tokenizer):
+    def run(texts):
+        input_ids, mask = pad_batch(_token_ids(tokenizer, texts), model.config.pad_token_id)
+        return model(input_ids, mask).logits
+
+    return run
+
+
+def loop_product(matrices: torch.Tensor) -> torch.Tensor:
+    """The paper's implementation style: a Python loop over positions, one batched matmul each."""
+    product = matrices[:, 0]
+    for position in range(1, matrices.shape[1]):
+        product = normalize_product(product @ matrices[:, position])
+    return normalize_product(product)
+
+
+def loop_cmow(model: CMOWModel, tokenizer):
+    """Sequential-loop CMOW on the same weights and tokens: the baseline for the log-depth encoder."""
+    encoder = model.encoder
+
+    def pooled(input_ids, mask):
+        features = []
+        if encoder.cbow_embeddings is not None:
+            vectors = encoder.cbow_embeddings(input_ids) * mask[..., None]
+            features.append(vectors.sum(1) / mask.sum(1, keepdim=True))
+        for table, reverse in ((encoder.cmow_embeddings, False), (encoder.cmow_bw_embeddings, True)):
+            if table is not None:
+                ids, table_mask = (input_ids.flip(1), mask.flip(1)) if reverse else (input_ids, mask)
+                features.append(loop_product(table(ids, table_mask)).flatten(1))
+        return torch.cat(features, dim=-1)
+
+    def run(texts):
+        return pooled(*pad_batch(_token_ids(tokenizer, texts), model.config.pad_token_id))
+
+    run.pooled = pooled
+    return run
+
+
+def model2vec_model(teacher: str):
+    """A model2vec StaticModel distilled (offline) from the teacher folder, cached; None if model2vec is missing."""
+    try:
+        from model2vec import StaticModel
+    except ImportError:
+        return None
+    if not (MODEL2VEC_CACHE / "model.safetensors").exists():
+        from model2vec.distill import distill
+
+        print(f"Distilling model2vec from {teacher} (once, ~3 min; cached in {MODEL2VEC_CACHE}) ...", flush=True)
+        distill(teacher, pca_dims=256).save_pretrained(str(MODEL2VEC_CACHE))
+    return StaticModel.from_pretrained(str(MODEL2VEC_CACHE))
+
+
+# --- measuring ---
+
+
+def throughput(run, batches: list[list[str]], budget_s: float, rounds: int = 1) -> float:
+    """Texts per second over a random sample of the batches (all of them when the budget allows), best round."""
+    run(batches[len(batches) // 2][:2])  # warm-up
+    best = 0.0
+    for round_index in range(rounds):
+        order = random.Random(round_index).sample(range(len(batches)), len(batches))
+        texts, start = 0, time.perf_counter()
+        for index in order:
+            run(batches[index])
+            texts += len(batches[index])
+            if time.perf_counter() - start > budget_s:
+                break
+        best = max(best, texts / (time.perf_counter() - start))
+    return best
+
+
+def peak_extra_rss_mb(run, batch: list[str]) -> float:
+    """Peak resident memory above the level before the call, sampled every millisecond while ``run(batch)`` runs."""
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    before = process.memory_info().rss
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run(batch)
+    done.set()
+    sampler.join()
+    return max(0, peak[0] - before) / 2**20
+
+
+def size_on_disk_mb(save) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 2**20
+
+
+def parameters(model) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# --- the run ---
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="shared data folder (default: $CMOW_DATA_DIR)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--quick", action="store_true", help="fewer texts and a shorter time budget per system")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per system and setting")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # the Rust tokenizer's pool starts on first use
+    torch.manual_seed(0)
+    folder = data_dir(args.data_dir)
+    budget = args.budget or (1.0 if args.quick else 3.0)
+    datasets = {
+        "SST-2 dev sentences": sst2_sentences(folder, 512 if args.quick else 872),
+        "Gutenberg paragraphs": corpus_paragraphs(folder, 256 if args.quick else 1024),
+    }
+
+    teacher = default_teacher()
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    cmow = CMOWModel(CMOWConfig()).eval()
+    classifier = CMOWForSequenceClassification(CMOWConfig(num_labels=2)).eval()
+    peers = {
+        "BERT-base (random)": BertModel(BertConfig()).eval(),
+        "DistilBERT (random)": DistilBertModel(DistilBertConfig()).eval(),
+        "all-MiniLM-L6-v2": AutoModel.from_pretrained(teacher).eval(),
+    }
+    static = model2vec_model(teacher)
+
+    systems = {"CMOW Hybrid bidir (ours)": lambda texts: encode(cmow, tokenizer, texts, batch_size=len(texts))}
+    systems["CMOW sequential loop"] = loop_cmow(cmow, tokenizer)
+    systems.update({name: mean_pooled(model, tokenizer) for name, model in peers.items()})
+    if static is not None:
+        systems["model2vec (from MiniLM)"] = lambda texts: static.encode(texts, batch_size=len(texts))
+    systems["CMOW classifier logits"] = cmow_logits(classifier, tokenizer)
+    tokenize_only = {
+        "transformers tokenizer call": transformer_tokenize(tokenizer),
+        "fast tokenizer (cmow path)": cmow_tokenize(tokenizer, 0),
+    }
+
+    results = {}
+    with torch.inference_mode():
+        for dataset, texts in datasets.items():
+            tokens_per_text = sum(len(ids) for ids in _token_ids(tokenizer, texts)) / len(texts)
+            for batch_size in args.batch_sizes:
+                batches = sorted_batches(tokenizer, texts, batch_size)
+                for name, run in {**systems, **tokenize_only}.items():
+                    rate = throughput(run, batches, budget)
+                    results[dataset, batch_size, name] = rate
+                    print(f"{dataset:22s} batch {batch_size:4d}  {name:28s} {rate:10.1f} texts/s", flush=True)
+                results[dataset, "tokens"] = tokens_per_text
+
+        # Peak memory on the 64 longest SST-2 sentences.
+        longest = sorted_batches(tokenizer, datasets["SST-2 dev sentences"], 64)[-1]
+        memory = {name: peak_extra_rss_mb(run, longest) for name, run in systems.items()}
+
+        # The log-depth encoder against the loop at 128 tokens, encoder only.
+        ids = torch.randint(1000, 30000, (256, 128))
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        encoder_only = {
+            "log-depth": lambda: cmow(ids, mask, output_token_states=False),
+            "loop": lambda: systems["CMOW sequential loop"].pooled(ids, mask),
+        }
+        encoder_rate = {}
+        for name, run in encoder_only.items():
+            run()
+            start, calls = time.perf_counter(), 0
+            while time.perf_counter() - start < budget:
+                run()
+                calls += 1
+            encoder_rate[name] = calls * 256 / (time.perf_counter() - start)
+
+    sizes = {
+        "CMOW Hybrid bidir (ours)": (parameters(cmow), size_on_disk_mb(cmow.save_pretrained)),
+        "CMOW fp16": (parameters(cmow), size_on_disk_mb(lambda f: CMOWModel(cmow.config).half().save_pretrained(f))),
+        **{name: (parameters(model), size_on_disk_mb(model.save_pretrained)) for name, model in peers.items()},
+    }
+    if static is not None:
+        sizes["model2vec (from MiniLM)"] = (static.embedding.size, size_on_disk_mb(static.save_pretrained))
+    report(args, datasets, results, memory, sizes, encoder_rate)
+
+
+def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
+    ours = "CMOW Hybrid bidir (ours)"
+    tokenizer_rate = "fast tokenizer (cmow path)"
+    print(f"\n## Throughput (texts/s; tokens/s = texts/s x mean tokens), {args.threads} threads\n")
+    for dataset in datasets:
+        tokens = results[dataset, "tokens"]
+        print(f"### {dataset} ({len(datasets[dataset])} texts, {tokens:.1f} tokens/text)\n")
+        sizes_header = " | ".join(f"batch {size}" for size in args.batch_sizes)
+        print(f"| system | {sizes_header} | tokens/s at {args.batch_sizes[-1]} | x ours at {args.batch_sizes[-1]} |")
+        print("|---" * (len(args.batch_sizes) + 3) + "|")
+        names = sorted({key[2] for key in results if len(key) == 3 and key[0] == dataset}, key=lambda n: n != ours)
+        last = args.batch_sizes[-1]
+        for name in names:
+            rates = " | ".join(f"{results[dataset, size, name]:,.0f}" for size in args.batch_sizes)
+            ratio = results[dataset, last, ours] / results[dataset, last, name]
+            print(f"| {name} | {rates} | {results[dataset, last, name] * tokens:,.0f} | {ratio:.2f} |")
+        share = results[dataset, last, ours] / results[dataset, last, tokenizer_rate]
+        print(
+            f"\nShare of CMOW end-to-end time in the tokenizer at batch {last}: {share:.0%} "
+            f"(encoder {1 - share:.0%})\n"
+        )
+    print("## Memory and size\n")
+    print("| system | parameters | size on disk (MB) | peak extra RSS, 64 longest SST-2 texts (MB) |")
+    print("|---|---|---|---|")
+    for name, (count, megabytes) in sizes.items():
+        peak = f"{memory[name]:.0f}" if name in memory else "-"
+        print(f"| {name} | {count / 1e6:.1f}M | {megabytes:.1f} | {peak} |")
+    ratio = encoder_rate["log-depth"] / encoder_rate["loop"]
+    print(
+        f"\nEncoder only, 256 texts x 128 tokens: log-depth {encoder_rate['log-depth']:,.0f} texts/s, "
+        f"sequential loop {encoder_rate['loop']:,.0f} texts/s ({ratio:.1f}x)."
+    )
+    sst, last = "SST-2 dev sentences", args.batch_sizes[-1]
+    floors = {
+        "x DistilBERT (>= 100)": results[sst, last, ours] / results[sst, last, "DistilBERT (random)"],
+        "x MiniLM teacher (>= 30)": results[sst, last, ours] / results[sst, last, "all-MiniLM-L6-v2"],
+        "encoder share (<= 40%)": 1 - results[sst, last, ours] / results[sst, last, tokenizer_rate],
+        "log-depth x loop at 128 tokens (>= 3)": ratio,
+    }
+    if (sst, last, "model2vec (from MiniLM)") in results:
+        floors["x model2vec (>= 0.5)"] = results[sst, last, ours] / results[sst, last, "model2vec (from MiniLM)"]
+    print(f"\nFloors (SST-2, batch {last}): " + "; ".join(f"{key}: {value:.2f}" for key, value in floors.items()))
+    if not all(math.isfinite(value) for value in floors.values()):
+        raise SystemExit("A rate was not finite.")
+
+
+if __name__ == "__main__":
+    main()
