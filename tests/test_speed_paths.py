@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cmow import CMOWModel
+from cmow import CMOWModel, modeling_cmow
 from cmow.modeling_cmow import normalize_product, tree_order, tree_product, tree_reduce
 from conftest import BATCH, VOCAB, D, random_ids, tiny_config
 
@@ -66,10 +66,13 @@ def test_pooled_fast_path_equals_the_pooled_token_states_path(encoder, bidirecti
     torch.testing.assert_close(pooled, via_scan, rtol=1e-4, atol=1e-5)
 
 
-def test_large_batches_give_the_same_rows_as_single_texts():
+@pytest.mark.parametrize("chunk_matrices", [100, 8192])
+def test_large_batches_give_the_same_rows_as_single_texts(chunk_matrices, monkeypatch):
+    monkeypatch.setattr(modeling_cmow, "PRODUCT_CHUNK_MATRICES", chunk_matrices)  # 100: chunks of 5 rows
     model = CMOWModel(tiny_config(vocab_size=VOCAB)).eval()
     input_ids = random_ids(257, 17)
     with torch.inference_mode():
         together = model(input_ids, output_token_states=False).pooler_output
+        torch.testing.assert_close(together, model(input_ids).pooler_output, rtol=1e-4, atol=1e-5)
         alone = torch.cat([model(row[None], output_token_states=False).pooler_output for row in input_ids[:5]])
     torch.testing.assert_close(together[:5], alone, rtol=1e-5, atol=1e-6)
