@@ -5,8 +5,8 @@ the shared data, at several batch sizes. Every system gets the same batches (tex
 into batches), so the ratios are fair; slow systems are timed on a random sample of those batches. All systems run
 in one process, interleaved, so the ratios hold even when the machine is busy.
 
-    python benchmarks/benchmark_inference.py --data-dir ../shared/data            # ~6 min on 2 cores
-    python benchmarks/benchmark_inference.py --data-dir ../shared/data --quick    # ~1 min
+    python benchmarks/benchmark_inference.py --data-dir ../shared/data            # more texts, 3 s per system
+    python benchmarks/benchmark_inference.py --data-dir ../shared/data --quick    # ~6 min on a busy 2-core machine
 """
 
 import argparse
