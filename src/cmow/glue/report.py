@@ -2,6 +2,7 @@
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 from .data import TASKS
@@ -53,9 +54,9 @@ def results_table(results: dict[str, dict[str, dict]]) -> str:
             glue_cell += f", {100 * ratio:.0f}% of teacher"
         params = max(r["parameters"] for r in records.values()) / 1e6
         encoder = max(r["encoder_parameters"] for r in records.values()) / 1e6
-        speeds = sorted(r["throughput_examples_per_s"] for r in records.values())
+        speed = statistics.median(r["throughput_examples_per_s"] for r in records.values())
         row = [role, *(_cell(records.get(task)) for task in TASKS), glue_cell]
-        row += [f"{params:.1f}M ({encoder:.1f}M)", f"{speeds[len(speeds) // 2]:.0f}"]
+        row += [f"{params:.1f}M ({encoder:.1f}M)", f"{speed:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
