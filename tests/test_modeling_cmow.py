@@ -64,13 +64,15 @@ def test_model_outputs_are_the_products_and_sums_of_the_token_tables(encoder, bi
     expected_tokens = []
     if config.use_cbow:
         expected_tokens.append(tables.cbow_embeddings(input_ids).cumsum(dim=1))
+    # Matrix features are the rescaled products minus the identity (an empty text encodes to zero).
+    eye = torch.eye(D).flatten()
     if config.use_cmow:
         forward = tables.cmow_embeddings.weight[input_ids].view(BATCH, SEQ, D, D)
-        expected_tokens.append(naive_products(forward).flatten(2))
+        expected_tokens.append(naive_products(forward).flatten(2) - eye)
     if bidirectional:
         backward = tables.cmow_bw_embeddings.weight[input_ids].view(BATCH, SEQ, D, D)
         # Position i holds E'_n ... E'_i: the prefix products of the reversed text, read backwards.
-        expected_tokens.append(naive_products(backward.flip(1)).flip(1).flatten(2))
+        expected_tokens.append(naive_products(backward.flip(1)).flip(1).flatten(2) - eye)
     expected = torch.cat(expected_tokens, dim=-1)
     torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
     pooled = [expected_tokens[0][:, -1]] if config.use_cbow else []
@@ -178,6 +180,18 @@ def test_padding_never_changes_any_output(encoder, bidirectional, cbow_pooling):
     torch.testing.assert_close(model(input_ids).pooler_output, batch.pooler_output, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("encoder,bidirectional", ENCODERS)
+def test_a_fully_masked_text_encodes_to_zero(encoder, bidirectional):
+    model = CMOWModel(tiny_config(encoder=encoder, bidirectional=bidirectional)).eval()
+    input_ids = random_ids()
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1] = 0
+    for token_states in (True, False):
+        pooled = model(input_ids, attention_mask, output_token_states=token_states).pooler_output
+        assert torch.equal(pooled[1], torch.zeros(model.config.hidden_size))
+        assert pooled[0].abs().sum() > 0
+
+
 def test_pair_encoding_equals_encoding_each_side_alone():
     config = tiny_config(num_labels=3, pair_encoding="diffcat_prod")
     model = CMOWForSequenceClassification(config).eval()
@@ -216,8 +230,8 @@ def test_long_inputs_stay_finite_in_fp32(length):
         output = model(input_ids)
     assert torch.isfinite(output.last_hidden_state).all()
     assert torch.isfinite(output.pooler_output).all()
-    matrix_part = output.pooler_output[0, CBOW:].view(2, 20, 20)
-    torch.testing.assert_close(torch.linalg.matrix_norm(matrix_part), torch.full((2,), math.sqrt(20)))
+    products = output.pooler_output[0, CBOW:].view(2, 20, 20) + torch.eye(20)
+    torch.testing.assert_close(torch.linalg.matrix_norm(products), torch.full((2,), math.sqrt(20)))
 
 
 def test_unscaled_products_would_overflow_so_the_long_input_test_can_fail():

@@ -145,6 +145,10 @@ class CMOWEncoder(nn.Module):
     Per-token outputs are ``[cbow prefix; forward prefix product; backward suffix product]`` at each position; the
     pooled output is the same over the whole text. The backward table is multiplied in reverse order, so position
     ``i`` holds ``E'_n ... E'_i`` and the pooled output ``E'_n ... E'_1``.
+
+    Matrix features are the rescaled product minus the identity (the product of an empty text), flattened: like the
+    CBOW part they are zero for an empty text. A constant offset changes nothing a linear layer learns, but without
+    it every text shares a large identity component that swamps cosine similarities of the embeddings.
     """
 
     def __init__(self, config: CMOWConfig):
@@ -204,8 +208,21 @@ class CMOWEncoder(nn.Module):
                         for start in range(0, batch, rows)
                     ]  # (rows, d, d) each
                     pooled.append(torch.cat(products).flatten(1))
-        token_output = self.dropout(torch.cat(tokens, dim=-1)) if token_states else None
-        return token_output, self.dropout(torch.cat(pooled, dim=-1))
+        token_output = torch.cat(tokens, dim=-1) if token_states else None
+        pooled = torch.cat(pooled, dim=-1)
+        if self.cmow_embeddings is not None:
+            offset = self._identity_offset(pooled.device)  # (hidden,)
+            pooled = pooled - offset
+            token_output = None if token_output is None else token_output - offset
+        return None if token_output is None else self.dropout(token_output), self.dropout(pooled)
+
+    def _identity_offset(self, device: torch.device) -> torch.Tensor:
+        """``[0 (cbow); I (cmow_fw); I (cmow_bw)]`` flattened: subtracted so an empty text encodes to zero."""
+        config = self.config
+        eye = torch.eye(config.matrix_size, device=device).flatten()
+        parts = [torch.zeros(config.cbow_size, device=device)] if config.use_cbow else []
+        parts += [eye] * (2 if config.bidirectional else 1)
+        return torch.cat(parts)
 
 
 class CMOWPreTrainedModel(PreTrainedModel):
