@@ -18,7 +18,8 @@ $(BIN)/cmow: pyproject.toml
 setup: $(BIN)/cmow
 
 quickstart: setup
-	$(BIN)/cmow train-sst2
+	HF_HUB_OFFLINE=1 $(BIN)/cmow distill --max-steps 200 --output-dir outputs/cmow-distilled
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/eval_embeddings.py outputs/cmow-distilled random --sst2-train-size 20000
 
 test: setup
 	$(BIN)/python -m pytest
