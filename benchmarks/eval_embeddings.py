@@ -82,7 +82,7 @@ def main() -> None:
         elif name == "random":
             tokenizer = AutoTokenizer.from_pretrained(teacher)
             torch.manual_seed(args.seed)
-            config = cmow.CMOWConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+            config = cmow.CMOWConfig.from_tokenizer(tokenizer)
             encode, parameters = cmow_encoder(cmow.CMOWModel(config), tokenizer, args.batch_size)
         else:
             model, tokenizer = AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)

@@ -54,3 +54,13 @@ def test_round_trip_keeps_every_field_and_the_complete_auto_map(tmp_path):
     loaded = CMOWConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.auto_map == AUTO_MAP
+
+
+def test_from_tokenizer_takes_the_vocabulary_and_special_ids(tokenizer):
+    config = CMOWConfig.from_tokenizer(tokenizer, encoder="cmow", bidirectional=False)
+    assert (config.vocab_size, config.pad_token_id, config.sep_token_id) == (
+        len(tokenizer),
+        tokenizer.pad_token_id,
+        tokenizer.sep_token_id,
+    )
+    assert config.encoder == "cmow" and not config.bidirectional

@@ -125,6 +125,16 @@ class CMOWConfig(PretrainedConfig):
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(pad_token_id=pad_token_id, sep_token_id=sep_token_id, **kwargs)
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs) -> "CMOWConfig":
+        """A config whose vocabulary, padding and separator ids are the tokenizer's; ``kwargs`` set the rest."""
+        return cls(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            **kwargs,
+        )
+
     @property
     def use_cmow(self) -> bool:
         return self.encoder in ("cmow", "hybrid")

@@ -55,10 +55,8 @@ def train_sst2(
         sst2["train"] = sst2["train"].shuffle(seed=seed).select(range(min(max_train_samples, len(sst2["train"]))))
     encoded = sst2.map(lambda batch: tokenizer(batch["text_a"]), batched=True, remove_columns=["text_a"])
 
-    config = CMOWConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        sep_token_id=tokenizer.sep_token_id,
+    config = CMOWConfig.from_tokenizer(
+        tokenizer,
         num_labels=2,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},

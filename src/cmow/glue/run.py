@@ -199,14 +199,7 @@ def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedToken
     if cfg.student:
         return AutoModelForSequenceClassification.from_pretrained(cfg.student, ignore_mismatched_sizes=True, **head)
     settings = {"encoder": "hybrid", "bidirectional": True, "classifier": "mlp", **cfg.student_config}
-    config = CMOWConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        **settings,
-        **head,
-    )
-    return CMOWForSequenceClassification(config)
+    return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
 
 
 def distill_student(
