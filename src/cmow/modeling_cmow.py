@@ -182,8 +182,11 @@ class CMOWEncoder(nn.Module):
                 pooled.append(sums[:, -1])
             elif self.cbow_embeddings is not None:
                 # Fused lookup and sum: the (batch, seq, cbow) vectors are never materialised.
-                weight = self.cbow_embeddings.weight
-                sums = F.embedding_bag(input_ids, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
+                table = self.cbow_embeddings
+                weights = mask.to(table.weight.dtype)
+                sums = F.embedding_bag(
+                    input_ids, table.weight, mode="sum", per_sample_weights=weights, sparse=table.sparse
+                )
                 if self.config.cbow_pooling == "mean":
                     sums = sums.float() / mask.sum(dim=1).clamp_min(1)[:, None]
                 pooled.append(sums.float())  # (batch, cbow)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from ..modeling_cmow import CMOWPreTrainedModel
+from ..training import LazyAdamW, clip_grad_norm, token_tables
 from .cache import TeacherCache, fingerprint
 from .config import DistillationConfig
 from .corpus import Corpus, first_text, text_batches
@@ -126,7 +127,11 @@ def distill_from_model(
     )
     set_seed(config.seed)
     module = DistillationModule(student, objective, config, getattr(teacher.config, "hidden_size", 0))
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # Sparse token-table gradients (see cmow.training): one process only, as sparse all-reduce is not portable.
+    sparse_tables = token_tables(student) if accelerator.num_processes == 1 else []
+    for table in sparse_tables:
+        table.sparse = True
+    optimizer = LazyAdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         "linear" if config.max_steps else "constant_with_warmup",
         optimizer,
@@ -229,7 +234,10 @@ def distill_from_model(
                 continue
 
             # Optimizer step, then log and checkpoint.
-            if config.max_grad_norm:
+            if config.max_grad_norm and sparse_tables:
+                accelerator.unscale_gradients()  # a no-op unless fp16 scales the loss
+                clip_grad_norm(module.parameters(), config.max_grad_norm)
+            elif config.max_grad_norm:
                 accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -265,6 +273,8 @@ def distill_from_model(
     # Save: the student alone (the projections were training-only), on the main process.
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(module).student
+    for table in sparse_tables:
+        table.sparse = False
     if progress.step != config.stop_at_step and accelerator.is_main_process:
         save_student(
             student,

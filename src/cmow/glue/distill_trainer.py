@@ -17,7 +17,9 @@ import logging
 import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..training import CMOWTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ def distillation_loss(
     return alpha * gold + (1 - alpha) * temperature**2 * soft
 
 
-class DistillationTrainer(Trainer):
-    """A ``Trainer`` whose training loss is ``distillation_loss`` against a teacher.
+class DistillationTrainer(CMOWTrainer):
+    """A ``CMOWTrainer`` (sparse token-table gradients) whose training loss is ``distillation_loss`` against a teacher.
 
     The train set either has a ``teacher_logits`` column (kept despite ``remove_unused_columns`` and never passed to
     the student) or ``teacher`` is given and run under ``no_grad`` on each batch; that teacher then reads the
@@ -72,7 +74,7 @@ class DistillationTrainer(Trainer):
         teacher: A fine-tuned teacher, only needed when the train set has no ``teacher_logits``.
         alpha: Weight of the gold-label loss.
         temperature: Softmax temperature of the KL term.
-        *args, **kwargs: As for ``Trainer``.
+        *args, **kwargs: As for ``CMOWTrainer``.
     """
 
     def __init__(
