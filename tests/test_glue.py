@@ -216,10 +216,15 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     assert not (out / "MRPC" / "student-random" / "checkpoints").exists()
 
     # Second student from the first one's checkpoint: the fine-tuned teacher is reused, not trained again.
+    # Its train-set logits, computed once, are reused too.
     mtime = (out / "MRPC" / "teacher" / "model.safetensors").stat().st_mtime
+    (logits_file,) = (out / "MRPC" / "teacher").glob("train_logits-*.npy")
+    logits_mtime = logits_file.stat().st_mtime
     student_args = ["--student", str(out / "MRPC" / "student-random"), "--student-name", "warm"]
     assert cli.main(["glue", "mrpc", *student_args, *common]) == 0
     assert (out / "MRPC" / "teacher" / "model.safetensors").stat().st_mtime == mtime
+    assert list((out / "MRPC" / "teacher").glob("train_logits-*.npy")) == [logits_file]
+    assert logits_file.stat().st_mtime == logits_mtime
     assert (out / "MRPC" / "student-warm" / "metrics.json").is_file()
 
     text = report.read_text()

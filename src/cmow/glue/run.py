@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
@@ -202,6 +203,32 @@ def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedToken
     return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
 
 
+def teacher_train_logits(
+    cfg: GlueRunConfig,
+    train: datasets.Dataset,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher_dir: Path,
+) -> np.ndarray:
+    """The teacher's logits on the train set, computed once and kept in ``teacher_dir`` for later students.
+
+    The teacher reads at most ``teacher_max_length`` tokens. The file is keyed by the train set's ``datasets``
+    fingerprint (its files, shuffle and selection) and the length, so a different train set never reuses it.
+    """
+    cache = teacher_dir / f"train_logits-{train._fingerprint}-{cfg.teacher_max_length}.npy"
+    if cache.is_file():
+        logits = np.load(cache)
+        if logits.shape == (len(train), teacher.config.num_labels):
+            logger.info("Teacher logits from %s", cache)
+            return logits
+    logits = predict_logits(
+        teacher, tokenizer, tokenize(train, tokenizer, cfg.teacher_max_length), cfg.eval_batch_size
+    )
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache, logits)
+    return logits
+
+
 def distill_student(
     cfg: GlueRunConfig,
     task: GlueTask,
@@ -215,9 +242,7 @@ def distill_student(
 
     ``teacher_record`` is the teacher's ``metrics.json`` record (its base model and dev throughput).
     """
-    # The teacher reads at most teacher_max_length tokens and runs once over the train set.
-    teacher_view = tokenize(raw["train"], tokenizer, cfg.teacher_max_length)
-    logits = predict_logits(teacher, tokenizer, teacher_view, cfg.eval_batch_size)
+    logits = teacher_train_logits(cfg, raw["train"], teacher, tokenizer, folder.parent / "teacher")
     train = tokenize(raw["train"], tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
     dev = tokenize(raw["validation"], tokenizer)
     student = build_student(cfg, task, tokenizer)
