@@ -8,7 +8,7 @@
 #   CMOW_DATA_DIR=../shared/data examples/glue_all.sh                 # local GLUE TSVs; unset: nyu-mll/glue (Hub)
 #   GENERAL_STUDENT=runs/cmow-minilm-hybrid examples/glue_all.sh
 #
-# Extra arguments go to every `cmow glue` call. On 2 CPU cores this takes about 3 hours (see docs/glue.md).
+# Extra arguments go to every `cmow glue` call. About 3 hours on one CPU core (docs/glue.md ran two tasks at a time).
 set -euo pipefail
 OUT=${OUT:-runs/glue}
 REPORT=${REPORT:-docs/glue.md}
