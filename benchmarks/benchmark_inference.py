@@ -15,6 +15,8 @@ import gzip
 import math
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +39,9 @@ from cmow.encode import _token_ids, pad_batch
 from cmow.modeling_cmow import normalize_product
 
 MODEL2VEC_CACHE = Path.home() / ".cache" / "cmow" / "model2vec-all-minilm-l6-v2"
+OURS, LOOP, LOGITS = "CMOW Hybrid bidir (ours)", "CMOW sequential loop", "CMOW classifier logits"
+MODEL2VEC = "model2vec (from MiniLM)"
+MEMORY_BATCH = 64
 
 
 # --- data ---
@@ -196,6 +201,41 @@ def parameters(model) -> int:
 # --- the run ---
 
 
+def build(names, teacher: str, tokenizer):
+    """The systems called ``names`` (all when None), each a function from a batch of texts to a tensor, and the
+    models behind them."""
+    wanted = lambda name: names is None or name in names  # noqa: E731
+    systems, models = {}, {}
+    if wanted(OURS) or wanted(LOOP):
+        models[OURS] = cmow = CMOWModel(CMOWConfig()).eval()
+        systems[OURS] = lambda texts: encode(cmow, tokenizer, texts, batch_size=len(texts))
+        systems[LOOP] = loop_cmow(cmow, tokenizer)
+    peers = {
+        "BERT-base (random)": lambda: BertModel(BertConfig()).eval(),
+        "DistilBERT (random)": lambda: DistilBertModel(DistilBertConfig()).eval(),
+        "all-MiniLM-L6-v2": lambda: AutoModel.from_pretrained(teacher).eval(),
+    }
+    for name, load in peers.items():
+        if wanted(name):
+            models[name] = load()
+            systems[name] = mean_pooled(models[name], tokenizer)
+    if wanted(MODEL2VEC) and (static := model2vec_model(teacher)) is not None:
+        models[MODEL2VEC] = static
+        systems[MODEL2VEC] = lambda texts: static.encode(texts, batch_size=len(texts))
+    if wanted(LOGITS):
+        classifier = CMOWForSequenceClassification(CMOWConfig(num_labels=2)).eval()
+        systems[LOGITS] = cmow_logits(classifier, tokenizer)
+    return {name: run for name, run in systems.items() if wanted(name)}, models
+
+
+def memory_in_fresh_process(name: str, folder: Path, threads: int) -> float:
+    """``peak_extra_rss_mb`` of one system, measured in a new process: in this one, memory that other systems freed
+    would be reused and hide the peak."""
+    command = [sys.executable, __file__, "--data-dir", str(folder), "--threads", str(threads), "--memory-of", name]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: $CMOW_DATA_DIR)")
@@ -203,35 +243,31 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--quick", action="store_true", help="fewer texts and a shorter time budget per system")
     parser.add_argument("--budget", type=float, default=None, help="seconds per system and setting")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: one system's peak memory
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # the Rust tokenizer's pool starts on first use
     torch.manual_seed(0)
     folder = data_dir(args.data_dir)
-    budget = args.budget or (1.0 if args.quick else 3.0)
-    datasets = {
-        "SST-2 dev sentences": sst2_sentences(folder, 512 if args.quick else 872),
-        "Gutenberg paragraphs": corpus_paragraphs(folder, 256 if args.quick else 1024),
-    }
-
     teacher = default_teacher()
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    cmow = CMOWModel(CMOWConfig()).eval()
-    classifier = CMOWForSequenceClassification(CMOWConfig(num_labels=2)).eval()
-    peers = {
-        "BERT-base (random)": BertModel(BertConfig()).eval(),
-        "DistilBERT (random)": DistilBertModel(DistilBertConfig()).eval(),
-        "all-MiniLM-L6-v2": AutoModel.from_pretrained(teacher).eval(),
-    }
-    static = model2vec_model(teacher)
+    sst2 = sst2_sentences(folder, 872)
+    longest = sorted_batches(tokenizer, sst2, MEMORY_BATCH)[-1]  # the 64 longest SST-2 dev sentences
 
-    systems = {"CMOW Hybrid bidir (ours)": lambda texts: encode(cmow, tokenizer, texts, batch_size=len(texts))}
-    systems["CMOW sequential loop"] = loop_cmow(cmow, tokenizer)
-    systems.update({name: mean_pooled(model, tokenizer) for name, model in peers.items()})
-    if static is not None:
-        systems["model2vec (from MiniLM)"] = lambda texts: static.encode(texts, batch_size=len(texts))
-    systems["CMOW classifier logits"] = cmow_logits(classifier, tokenizer)
+    if args.memory_of is not None:
+        systems, _ = build([args.memory_of], teacher, tokenizer)
+        with torch.inference_mode():
+            systems[args.memory_of](longest[:2])  # warm-up: one-off initialisation is not a per-batch cost
+            print(peak_extra_rss_mb(systems[args.memory_of], longest))
+        return
+
+    budget = args.budget or (1.0 if args.quick else 3.0)
+    datasets = {
+        "SST-2 dev sentences": sst2[: 512 if args.quick else 872],
+        "Gutenberg paragraphs": corpus_paragraphs(folder, 256 if args.quick else 1024),
+    }
+    systems, models = build(None, teacher, tokenizer)
     tokenize_only = {
         "transformers tokenizer call": transformer_tokenize(tokenizer),
         "fast tokenizer (cmow path)": cmow_tokenize(tokenizer, 0),
@@ -249,16 +285,13 @@ def main() -> None:
                     print(f"{dataset:22s} batch {batch_size:4d}  {name:28s} {rate:10.1f} texts/s", flush=True)
                 results[dataset, "tokens"] = tokens_per_text
 
-        # Peak memory on the 64 longest SST-2 sentences.
-        longest = sorted_batches(tokenizer, datasets["SST-2 dev sentences"], 64)[-1]
-        memory = {name: peak_extra_rss_mb(run, longest) for name, run in systems.items()}
-
         # The log-depth encoder against the loop at 128 tokens, encoder only.
+        cmow = models[OURS]
         ids = torch.randint(1000, 30000, (256, 128))
         mask = torch.ones_like(ids, dtype=torch.bool)
         encoder_only = {
             "log-depth": lambda: cmow(ids, mask, output_token_states=False),
-            "loop": lambda: systems["CMOW sequential loop"].pooled(ids, mask),
+            "loop": lambda: systems[LOOP].pooled(ids, mask),
         }
         encoder_rate = {}
         for name, run in encoder_only.items():
@@ -269,18 +302,24 @@ def main() -> None:
                 calls += 1
             encoder_rate[name] = calls * 256 / (time.perf_counter() - start)
 
+    memory = {name: memory_in_fresh_process(name, folder, args.threads) for name in systems}
     sizes = {
-        "CMOW Hybrid bidir (ours)": (parameters(cmow), size_on_disk_mb(cmow.save_pretrained)),
+        OURS: (parameters(cmow), size_on_disk_mb(cmow.save_pretrained)),
         "CMOW fp16": (parameters(cmow), size_on_disk_mb(lambda f: CMOWModel(cmow.config).half().save_pretrained(f))),
-        **{name: (parameters(model), size_on_disk_mb(model.save_pretrained)) for name, model in peers.items()},
+        **{
+            name: (parameters(model), size_on_disk_mb(model.save_pretrained))
+            for name, model in models.items()
+            if name not in (OURS, MODEL2VEC)
+        },
     }
-    if static is not None:
-        sizes["model2vec (from MiniLM)"] = (static.embedding.size, size_on_disk_mb(static.save_pretrained))
+    if MODEL2VEC in models:
+        static = models[MODEL2VEC]
+        sizes[MODEL2VEC] = (static.embedding.size, size_on_disk_mb(static.save_pretrained))
     report(args, datasets, results, memory, sizes, encoder_rate)
 
 
 def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
-    ours = "CMOW Hybrid bidir (ours)"
+    ours = OURS
     tokenizer_rate = "fast tokenizer (cmow path)"
     print(f"\n## Throughput (texts/s; tokens/s = texts/s x mean tokens), {args.threads} threads\n")
     for dataset in datasets:
