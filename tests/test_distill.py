@@ -19,6 +19,7 @@ from cmow.distill.corpus import first_text, load_corpus
 from cmow.distill.objectives import kd_loss
 from cmow.distill.teacher import read_pooling
 from cmow.distill.trainer import latest_checkpoint
+from cmow.training import token_tables
 from conftest import PAD, SEP, VOCAB, tiny_config
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: PAD and SEP match conftest
@@ -92,9 +93,10 @@ def test_mlm_teacher_lowers_loss_and_saves_masked_lm(tiny_tokenizer, tmp_path, c
     assert {"modeling_cmow.py", "configuration_cmow.py", "README.md", "tokenizer.json"} <= set(os.listdir(tmp_path))
 
 
-def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_path, caplog):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_path, caplog, sparse):
     caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
-    config = run_config(hidden_loss="mse+cosine")
+    config = run_config(hidden_loss="mse+cosine", sparse_embeddings=sparse)
     pooling = TeacherPooling("mean", normalize=True)
     student = CMOWModel(tiny_config())
     dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
@@ -106,6 +108,7 @@ def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_
     assert not any("projection" in name for name in load_file(tmp_path / "model.safetensors"))
     reloaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(reloaded, CMOWModel) and reloaded.config.distillation["objective"] == "hidden"
+    assert not any(table.sparse for table in token_tables(student))  # the user's model is handed back as it came
 
 
 def test_teacher_cache_reproduces_the_uncached_run(tiny_tokenizer, tmp_path):

@@ -46,6 +46,9 @@ class DistillationConfig:
         stop_at_step: End the run early at this step, saving a checkpoint, without changing the schedule (for
             time-boxed jobs continued later with ``resume``).
         max_grad_norm: Gradient clipping norm; ``0`` disables clipping.
+        sparse_embeddings: Sparse gradients for the token tables and ``cmow.training.LazyAdamW`` (one process only):
+            about 20% faster steps here, but AdamW's dense updates reached a better student in the same number of
+            steps (200 default steps: STS-B Spearman 0.632 dense vs 0.604 sparse), so it is off by default.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (CMOW products always run in float32).
         seed: Seed of initialisation, masking and shuffling.
         temperature: ``T`` of the MLM distillation.
@@ -76,6 +79,7 @@ class DistillationConfig:
     num_epochs: int = 1
     stop_at_step: int | None = None
     max_grad_norm: float = 1.0
+    sparse_embeddings: bool = False
     mixed_precision: str = "no"
     seed: int = 42
     temperature: float = 2.0

@@ -127,8 +127,12 @@ def distill_from_model(
     )
     set_seed(config.seed)
     module = DistillationModule(student, objective, config, getattr(teacher.config, "hidden_size", 0))
-    # Sparse token-table gradients (see cmow.training): one process only, as sparse all-reduce is not portable.
-    sparse_tables = token_tables(student) if accelerator.num_processes == 1 else []
+    # Sparse token-table gradients (see cmow.training) on request: one process only, as sparse all-reduce is not
+    # portable. LazyAdamW is AdamW on dense gradients.
+    sparse = config.sparse_embeddings and accelerator.num_processes == 1
+    if config.sparse_embeddings and not sparse:
+        logger.warning("`sparse_embeddings` needs a single process; training with dense gradients.")
+    sparse_tables = token_tables(student) if sparse else []
     for table in sparse_tables:
         table.sparse = True
     optimizer = LazyAdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
