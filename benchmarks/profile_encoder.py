@@ -1,0 +1,55 @@
+"""Where the CMOW encoder spends its time: torch.profiler over pre-tokenized SST-2 dev batches (length-sorted, 256).
+
+Prints microseconds per sentence for tokenizing and for the encoder, then the profiler's table of ops by self time.
+
+    python benchmarks/profile_encoder.py --data-dir ../shared/data --threads 2
+"""
+
+import argparse
+import os
+import timeit
+
+import torch
+from torch.profiler import profile
+from transformers import AutoTokenizer
+
+from benchmark_inference import sorted_batches, sst2_sentences
+from cmow import CMOWConfig, CMOWModel
+from cmow.data import data_dir, default_teacher
+from cmow.encode import _token_ids, pad_batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="shared data folder (default: $CMOW_DATA_DIR)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(default_teacher())
+    texts = sst2_sentences(data_dir(args.data_dir), 872)
+    batches = sorted_batches(tokenizer, texts, args.batch_size)
+    model = CMOWModel(CMOWConfig()).eval()
+
+    def tokenize():
+        return [pad_batch(_token_ids(tokenizer, batch), 0) for batch in batches]
+
+    inputs = tokenize()
+
+    def run_encoder():
+        for input_ids, mask in inputs:
+            model(input_ids, mask, output_token_states=False)
+
+    with torch.inference_mode():
+        for name, run in (("tokenize", tokenize), ("encoder", run_encoder)):
+            seconds = min(timeit.repeat(run, number=1, repeat=7))
+            print(f"{name}: {seconds / len(texts) * 1e6:.1f} us per sentence (best of 7 passes)")
+        with profile() as profiler:
+            for _ in range(5):
+                run_encoder()
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
