@@ -21,6 +21,7 @@ from cmow.glue.data import TASKS, load_glue
 from cmow.glue.distill_trainer import TEACHER_LOGITS, DistillationTrainer, distillation_loss
 from cmow.glue.metrics import glue_score, task_metrics
 from cmow.glue.report import END, START, write_report
+from cmow.glue.run import weights_digest
 from conftest import BATCH, tiny_config
 
 # --- distillation loss ---------------------------------------------------------------------------------------------
@@ -226,6 +227,13 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     assert list((out / "MRPC" / "teacher").glob("train_logits-*.npy")) == [logits_file]
     assert logits_file.stat().st_mtime == logits_mtime
     assert (out / "MRPC" / "student-warm" / "metrics.json").is_file()
+    # A different teacher never reads those logits.
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "teacher")
+    digest = weights_digest(teacher)
+    assert digest in logits_file.name
+    with torch.no_grad():
+        next(teacher.parameters()).add_(1.0)
+    assert weights_digest(teacher) != digest
 
     text = report.read_text()
     assert text.startswith("# Results") and text.endswith("More text.\n") and "old table" not in text

@@ -5,6 +5,7 @@ tokenizer) with ``metrics.json``. A ``teacher/`` that already holds ``metrics.js
 tasks can be resumed and several students share one teacher.
 """
 
+import hashlib
 import json
 import logging
 import shutil
@@ -203,6 +204,15 @@ def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedToken
     return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of all of ``model``'s parameter values (about 0.1 s for a MiniLM)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
 def teacher_train_logits(
     cfg: GlueRunConfig,
     train: datasets.Dataset,
@@ -213,9 +223,11 @@ def teacher_train_logits(
     """The teacher's logits on the train set, computed once and kept in ``teacher_dir`` for later students.
 
     The teacher reads at most ``teacher_max_length`` tokens. The file is keyed by the train set's ``datasets``
-    fingerprint (its files, shuffle and selection) and the length, so a different train set never reuses it.
+    fingerprint (its files, shuffle and selection), the teacher's weights and the length, so a different train set
+    or teacher never reuses it.
     """
-    cache = teacher_dir / f"train_logits-{train._fingerprint}-{cfg.teacher_max_length}.npy"
+    key = f"{train._fingerprint}-{weights_digest(teacher)}-{cfg.teacher_max_length}"
+    cache = teacher_dir / f"train_logits-{key}.npy"
     if cache.is_file():
         logits = np.load(cache)
         if logits.shape == (len(train), teacher.config.num_labels):
