@@ -204,7 +204,10 @@ def parameters(model) -> int:
 def build(names, teacher: str, tokenizer):
     """The systems called ``names`` (all when None), each a function from a batch of texts to a tensor, and the
     models behind them."""
-    wanted = lambda name: names is None or name in names  # noqa: E731
+
+    def wanted(name: str) -> bool:
+        return names is None or name in names
+
     systems, models = {}, {}
     if wanted(OURS) or wanted(LOOP):
         models[OURS] = cmow = CMOWModel(CMOWConfig()).eval()
@@ -357,8 +360,8 @@ def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
         "encoder share (<= 40%)": 1 - results[sst, last, ours] / results[sst, last, tokenizer_rate],
         "log-depth x loop at 128 tokens (>= 3)": ratio,
     }
-    if (sst, last, "model2vec (from MiniLM)") in results:
-        floors["x model2vec (>= 0.5)"] = results[sst, last, ours] / results[sst, last, "model2vec (from MiniLM)"]
+    if (sst, last, MODEL2VEC) in results:
+        floors["x model2vec (>= 0.5)"] = results[sst, last, ours] / results[sst, last, MODEL2VEC]
     print(f"\nFloors (SST-2, batch {last}): " + "; ".join(f"{key}: {value:.2f}" for key, value in floors.items()))
     if not all(math.isfinite(value) for value in floors.values()):
         raise SystemExit("A rate was not finite.")

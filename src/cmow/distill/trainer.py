@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from ..modeling_cmow import CMOWPreTrainedModel
-from ..training import LazyAdamW, clip_grad_norm, token_tables
+from ..training import LazyAdamW, clip_grad_norm, sparse_token_tables
 from .cache import TeacherCache, fingerprint
 from .config import DistillationConfig
 from .corpus import Corpus, first_text, text_batches
@@ -132,9 +132,8 @@ def distill_from_model(
     sparse = config.sparse_embeddings and accelerator.num_processes == 1
     if config.sparse_embeddings and not sparse:
         logger.warning("`sparse_embeddings` needs a single process; training with dense gradients.")
-    sparse_tables = token_tables(student) if sparse else []
-    for table in sparse_tables:
-        table.sparse = True
+    sparse_mode = contextlib.ExitStack()  # closed before saving: the student is saved as it came
+    sparse_tables = sparse_mode.enter_context(sparse_token_tables(student)) if sparse else []
     optimizer = LazyAdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         "linear" if config.max_steps else "constant_with_warmup",
@@ -277,8 +276,7 @@ def distill_from_model(
     # Save: the student alone (the projections were training-only), on the main process.
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(module).student
-    for table in sparse_tables:
-        table.sparse = False
+    sparse_mode.close()
     if progress.step != config.stop_at_step and accelerator.is_main_process:
         save_student(
             student,
