@@ -98,7 +98,7 @@ def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_
     caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
     config = run_config(hidden_loss="mse+cosine", sparse_embeddings=sparse)
     pooling = TeacherPooling("mean", normalize=True)
-    student = CMOWModel(tiny_config())
+    student = CMOWModel(tiny_config(embedding_size=12))
     dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
     distill_from_model(
         tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, config, teacher_pooling=pooling
@@ -117,7 +117,7 @@ def test_teacher_cache_reproduces_the_uncached_run(tiny_tokenizer, tmp_path):
     weights = []
     for run in ("cold", "warm"):
         torch.manual_seed(0)
-        student = CMOWModel(tiny_config())
+        student = CMOWModel(tiny_config(embedding_size=12))
         teacher = tiny_teacher(BertModel)
         distill_from_model(teacher, tiny_tokenizer, student, dataset, tmp_path / run, config, corpus_name="texts")
         weights.append(load_file(tmp_path / run / "model.safetensors"))
@@ -204,7 +204,7 @@ def test_bad_corpora_get_clear_errors(tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="no column 'text'"):
         first_text(datasets.Dataset.from_dict({"sentence": ["w1 w2"]}), "text")
     with pytest.raises(ValueError, match="corpus is empty"):
-        student = CMOWModel(tiny_config())
+        student = CMOWModel(tiny_config(embedding_size=12))
         empty = datasets.Dataset.from_dict({"text": ["", "  "]})
         distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, empty, tmp_path, run_config())
 

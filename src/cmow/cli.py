@@ -6,6 +6,7 @@ import sys
 
 from . import __version__, hub, hub_cards, train_sst2
 from .distill import cli as distill_cli
+from .evaluation import cli as evaluation_cli
 from .glue import cli as glue_cli
 
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub_cards.add_parser(commands)
     hub.add_parser(commands)
     distill_cli.add_parser(commands)
+    evaluation_cli.add_parser(commands)
     return parser
 
 

@@ -53,6 +53,10 @@ class CMOWConfig(PretrainedConfig):
         initializer_range: Standard deviation of the noise added to the identity when initialising token matrices,
             and of the normal initialisation of CBOW vectors and linear layers.
         hidden_dropout_prob: Dropout on the encoder's outputs.
+        embedding_size: Size of the sentence embedding. When set, the model owns a linear ``pooler`` from the pooled
+            features (``hidden_size``) to this size, and its ``pooler_output`` (what ``encode`` returns) is that
+            projection; general distillation sets it to the teacher's embedding size and trains it to match the
+            teacher's sentence embeddings. ``None`` (no pooler): ``pooler_output`` is the pooled features themselves.
         pair_encoding: How a sentence pair ``(a, b)`` (``tokenizer(a, b)``) is classified. ``"joint"`` encodes
             ``[CLS] a [SEP] b [SEP]`` as one text (and is right for single sentences); ``"diffcat"`` encodes each side
             alone and classifies ``[a; b; |a - b|]``; ``"diffcat_prod"`` classifies ``[a; b; |a - b|; a * b]``.
@@ -77,6 +81,7 @@ class CMOWConfig(PretrainedConfig):
         cbow_pooling: str = "mean",
         initializer_range: float = 0.01,
         hidden_dropout_prob: float = 0.0,
+        embedding_size: int | None = None,
         pair_encoding: str = "joint",
         classifier: str = "mlp",
         classifier_hidden_size: int = 1000,
@@ -92,6 +97,8 @@ class CMOWConfig(PretrainedConfig):
         _check_positive("matrix_size", matrix_size)
         _check_positive("cbow_size", cbow_size)
         _check_choice("cbow_pooling", cbow_pooling, CBOW_POOLINGS)
+        if embedding_size is not None:
+            _check_positive("embedding_size", embedding_size)
         _check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
         _check_choice("classifier", classifier, CLASSIFIERS)
         _check_positive("classifier_hidden_size", classifier_hidden_size)
@@ -116,6 +123,7 @@ class CMOWConfig(PretrainedConfig):
         self.cbow_pooling = cbow_pooling
         self.initializer_range = initializer_range
         self.hidden_dropout_prob = hidden_dropout_prob
+        self.embedding_size = embedding_size
         self.pair_encoding = pair_encoding
         self.classifier = classifier
         self.classifier_hidden_size = classifier_hidden_size
@@ -155,6 +163,11 @@ class CMOWConfig(PretrainedConfig):
         if self.use_cmow:
             size += self.matrix_features * (2 if self.bidirectional else 1)
         return size
+
+    @property
+    def sentence_embedding_size(self) -> int:
+        """Size of ``pooler_output``: ``embedding_size`` when the model has a pooler, else ``hidden_size``."""
+        return self.embedding_size or self.hidden_size
 
     @property
     def classifier_input_size(self) -> int:

@@ -51,24 +51,34 @@ def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
+OUTPUTS = ("sentence_embedding", "pooled_features")
+
+
 def encode(
     model: CMOWPreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     batch_size: int = 256,
+    output: str = "sentence_embedding",
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Pooled CMOW embeddings of ``texts``, in input order.
+    """CMOW sentence embeddings of ``texts``, in input order.
 
-    Texts are tokenized in large chunks and encoded in batches sorted by token count, so padding stays small.
+    Texts are tokenized in large chunks and encoded in batches sorted by token count, so padding stays small. The
+    model runs in eval mode (its mode is restored afterwards), so the result does not depend on dropout.
 
     Args:
         model: A CMOW model (``CMOWModel`` or any head; its encoder is used).
         tokenizer: The tokenizer the model was trained with.
         texts: The texts; none may be empty.
         batch_size: Texts per batch.
+        output: ``"sentence_embedding"`` (the model's ``pooler_output``: for a distilled student the projection
+            trained to the teacher's embedding space) or ``"pooled_features"`` (the raw ``[cbow; cmow_fw; cmow_bw]``
+            features the classification heads read).
+        normalize: L2-normalise each embedding.
 
     Returns:
-        ``(len(texts), hidden_size)`` float tensor.
+        ``(len(texts), size)`` float tensor: ``config.sentence_embedding_size`` or ``config.hidden_size`` columns.
     """
     if isinstance(texts, str):
         raise TypeError("`texts` must be a list of strings; wrap a single text in a list.")
@@ -77,17 +87,32 @@ def encode(
     for index, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Text {index} is empty or not a string: {text!r}. Every text needs some content.")
+    if output not in OUTPUTS:
+        raise ValueError(f"`output` must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}.")
     base = model.base_model
-    pad_token_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
-    output = torch.empty(len(texts), base.config.hidden_size)
+    config = base.config
+    pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    size = config.sentence_embedding_size if output == "sentence_embedding" else config.hidden_size
+    embeddings = torch.empty(len(texts), size)
     chunk_size = batch_size * CHUNK_BATCHES
-    with torch.inference_mode():
-        for chunk_start in range(0, len(texts), chunk_size):
-            ids = _token_ids(tokenizer, texts[chunk_start : chunk_start + chunk_size])
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-                pooled = base(input_ids.to(base.device), mask.to(base.device), output_token_states=False).pooler_output
-                output[[chunk_start + i for i in rows]] = pooled.float().cpu()
-    return output
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.inference_mode():
+            _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad_token_id, output)
+    finally:
+        base.train(was_training)
+    return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
+
+
+def _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad_token_id, output) -> None:
+    """Fill ``embeddings`` with the ``output`` of ``base`` for ``texts``, chunk by chunk, in length-sorted batches."""
+    for chunk_start in range(0, len(texts), chunk_size):
+        ids = _token_ids(tokenizer, texts[chunk_start : chunk_start + chunk_size])
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
+            result = base(input_ids.to(base.device), mask.to(base.device), output_token_states=False)
+            vectors = result.pooler_output if output == "sentence_embedding" else result.pooled_features
+            embeddings[[chunk_start + i for i in rows]] = vectors.float().cpu()

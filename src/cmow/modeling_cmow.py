@@ -16,6 +16,7 @@ This file is shipped as remote code next to saved checkpoints: it imports only t
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,6 +30,23 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_cmow import CMOWConfig
+
+
+@dataclass
+class CMOWModelOutput(BaseModelOutputWithPooling):
+    """``BaseModelOutputWithPooling`` plus the pooled features the sentence embedding is computed from.
+
+    Attributes:
+        last_hidden_state: ``(batch, seq, hidden_size)`` per-token prefix (and suffix) representations, or ``None``
+            when they were not asked for.
+        pooler_output: ``(batch, sentence_embedding_size)`` the sentence embedding: the ``pooler`` projection of the
+            pooled features when the model has one (``config.embedding_size``), else the pooled features.
+        pooled_features: ``(batch, hidden_size)`` ``[cbow; cmow_fw; cmow_bw]`` of the whole text, what the
+            classification heads read.
+    """
+
+    pooled_features: torch.FloatTensor | None = None
+
 
 _NORM_EPS = 1e-20
 PRODUCT_CHUNK_MATRICES = 8192  # token matrices reduced at once (13 MB at d=20): stays in the last-level cache
@@ -228,6 +246,17 @@ class CMOWEncoder(nn.Module):
         return torch.cat(parts)
 
 
+class CMOWPooler(nn.Module):
+    """Pooled features to the sentence embedding: one linear layer (trained to the teacher's embedding space)."""
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.dense(pooled)
+
+
 class CMOWPreTrainedModel(PreTrainedModel):
     config: CMOWConfig
     config_class = CMOWConfig
@@ -276,12 +305,18 @@ class CMOWPreTrainedModel(PreTrainedModel):
 
 
 class CMOWModel(CMOWPreTrainedModel):
-    """The bare CMOW encoder: per-token prefix representations and a pooled sentence representation."""
+    """The bare CMOW encoder: per-token prefix representations, pooled features and the sentence embedding."""
 
     def __init__(self, config: CMOWConfig):
         super().__init__(config)
         self.encoder = CMOWEncoder(config)
+        self.pooler = CMOWPooler(config) if config.embedding_size else None
         self.post_init()
+
+    def pooled_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, hidden_size)`` pooled ``[cbow; cmow_fw; cmow_bw]`` features, without the pooler."""
+        mask = self._check_inputs(input_ids, attention_mask)
+        return self.encoder(input_ids, mask, token_states=False)[1].to(self.dtype)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.cmow_embeddings or self.encoder.cbow_embeddings
@@ -305,14 +340,17 @@ class CMOWModel(CMOWPreTrainedModel):
             return_dict: Return a tuple when ``False``.
 
         Returns:
-            ``last_hidden_state`` ``(batch, seq, hidden_size)`` and ``pooler_output`` ``(batch, hidden_size)``.
+            ``CMOWModelOutput``: ``last_hidden_state`` ``(batch, seq, hidden_size)``, ``pooler_output`` (the
+            sentence embedding, ``(batch, sentence_embedding_size)``) and ``pooled_features``
+            ``(batch, hidden_size)``.
         """
         mask = self._check_inputs(input_ids, attention_mask)
         token_states, pooled = self.encoder(input_ids, mask, token_states=output_token_states)
-        dtype = self.dtype
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=None if token_states is None else token_states.to(dtype),
-            pooler_output=pooled.to(dtype),
+        pooled = pooled.to(self.dtype)
+        output = CMOWModelOutput(
+            last_hidden_state=None if token_states is None else token_states.to(self.dtype),
+            pooler_output=pooled if self.pooler is None else self.pooler(pooled),
+            pooled_features=pooled,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -391,15 +429,15 @@ class CMOWForSequenceClassification(CMOWPreTrainedModel):
         """Classifier input: the pooled text, or the pair encoding of its two sides."""
         mask = self._check_inputs(input_ids, attention_mask)
         if self.config.pair_encoding == "joint":
-            return self.cmow(input_ids, mask, output_token_states=False).pooler_output
+            return self.cmow.pooled_features(input_ids, mask)
         second = second_segment(input_ids, mask, token_type_ids, self.config.sep_token_id)
         if not bool(second.any(dim=1).all()):
             raise ValueError(
                 f"pair_encoding={self.config.pair_encoding!r} needs a sentence pair in every input, as produced by "
                 "`tokenizer(text_a, text_b)`; for single texts use pair_encoding='joint'."
             )
-        both = self.cmow(input_ids.repeat(2, 1), torch.cat([mask & ~second, second]), output_token_states=False)
-        a, b = both.pooler_output.chunk(2)  # (batch, hidden) each
+        both = self.cmow.pooled_features(input_ids.repeat(2, 1), torch.cat([mask & ~second, second]))
+        a, b = both.chunk(2)  # (batch, hidden) each
         features = [a, b, (a - b).abs()]
         if self.config.pair_encoding == "diffcat_prod":
             features.append(a * b)
@@ -492,6 +530,7 @@ CMOWConfig.register_for_auto_class()
 
 __all__ = [
     "CMOWForMaskedLM",
+    "CMOWModelOutput",
     "CMOWForSequenceClassification",
     "CMOWModel",
     "CMOWPreTrainedModel",

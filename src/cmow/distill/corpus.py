@@ -65,6 +65,14 @@ def first_text(dataset: Corpus, text_column: str) -> str:
     raise ValueError("The corpus is empty: it holds no non-empty text.")
 
 
+def texts_of(dataset: Corpus, text_column: str) -> Iterator[str]:
+    """The corpus's non-empty texts in stored order (no shuffling), e.g. for counting tokens."""
+    for example in dataset:
+        text = example[text_column]
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
 def text_batches(
     dataset: Corpus,
     *,

@@ -28,8 +28,25 @@ def hidden_distance(prediction: torch.Tensor, target: torch.Tensor, kind: str) -
     return distance
 
 
+def contrastive_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with the teacher's embeddings as keys: text ``i``'s positive is its own teacher embedding.
+
+    ``mean_i -log softmax_j(cos(s_i, t_j) / temperature)[i]`` over the batch.
+    """
+    logits = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the in-batch cosine-similarity matrices, over the off-diagonal pairs."""
+    student, teacher = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    difference = (student @ student.T - teacher @ teacher.T).pow(2)  # (batch, batch)
+    pairs = len(difference) * (len(difference) - 1)
+    return (difference.sum() - difference.diagonal().sum()) / max(pairs, 1)
+
+
 class DistillationModule(nn.Module):
-    """The student plus, for the hidden-state objective, linear projections to the teacher's size.
+    """The student plus, for the hidden-state objective, a training-only projection of its per-token outputs.
 
     ``forward(batch, targets)`` returns ``{"loss": ..., <term>: ...}``; only this module is trained and wrapped for
     data parallelism, the teacher stays outside.
@@ -42,10 +59,8 @@ class DistillationModule(nn.Module):
         self.student = student
         self.objective = objective
         self.config = config
-        if objective == "hidden":
-            hidden = student.config.hidden_size
-            self.token_projection = nn.Linear(hidden, teacher_hidden_size)
-            self.sentence_projection = nn.Linear(hidden, teacher_hidden_size)
+        if objective == "hidden" and config.alpha_token:
+            self.token_projection = nn.Linear(student.config.hidden_size, teacher_hidden_size)
 
     def forward(self, batch: dict, targets: dict) -> dict:
         config = self.config
@@ -61,16 +76,21 @@ class DistillationModule(nn.Module):
             }
             loss = config.alpha_ce * terms["kd"] + config.alpha_mlm * terms["mlm"]
             return {"loss": loss, **terms}
-        outputs = self.student(batch["input_ids"], mask)
-        token_distance = hidden_distance(
-            self.token_projection(outputs.last_hidden_state), targets["token_states"], config.hidden_loss
-        )  # (batch, seq)
-        weights = mask.to(token_distance.dtype)
-        terms = {
-            "token": (token_distance * weights).sum() / weights.sum().clamp_min(1),
-            "sentence": hidden_distance(
-                self.sentence_projection(outputs.pooler_output), targets["sentence"], config.hidden_loss
-            ).mean(),
-        }
-        loss = config.alpha_token * terms["token"] + config.alpha_sentence * terms["sentence"]
+        # The sentence embedding is the student's own pooler output: what users get from ``encode``.
+        outputs = self.student(batch["input_ids"], mask, output_token_states=bool(config.alpha_token))
+        embedding, teacher_embedding = outputs.pooler_output, targets["sentence"]
+        terms = {}
+        if config.alpha_token:
+            token_distance = hidden_distance(
+                self.token_projection(outputs.last_hidden_state), targets["token_states"], config.hidden_loss
+            )  # (batch, seq)
+            weights = mask.to(token_distance.dtype)
+            terms["token"] = (token_distance * weights).sum() / weights.sum().clamp_min(1)
+        if config.alpha_sentence:
+            terms["sentence"] = hidden_distance(embedding, teacher_embedding, config.hidden_loss).mean()
+        if config.alpha_contrastive:
+            terms["contrastive"] = contrastive_loss(embedding, teacher_embedding, config.contrastive_temperature)
+        if config.alpha_relational:
+            terms["relational"] = relational_loss(embedding, teacher_embedding)
+        loss = sum(getattr(config, f"alpha_{name}") * value for name, value in terms.items())
         return {"loss": loss, **terms}

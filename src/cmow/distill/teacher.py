@@ -115,15 +115,26 @@ def check_compatibility(
         raise ValueError(
             f"The 'hidden' objective needs a teacher config with `hidden_size`; {type(teacher).__name__}."
         )
+    elif getattr(student.base_model, "pooler", None) is None or (
+        student.config.embedding_size != teacher.config.hidden_size
+    ):
+        raise ValueError(
+            "The 'hidden' objective trains the student's sentence embedding (its pooler) towards the teacher's: "
+            f"build the student with CMOWConfig(embedding_size={teacher.config.hidden_size}, ...); got "
+            f"embedding_size={student.config.embedding_size}."
+        )
 
 
 @torch.no_grad()
-def teacher_targets(teacher: PreTrainedModel, batch: dict, objective: str, pooling: TeacherPooling) -> dict:
-    """What the student learns from: MLM ``logits``, or per-token ``token_states`` and a ``sentence`` embedding."""
+def teacher_targets(
+    teacher: PreTrainedModel, batch: dict, objective: str, pooling: TeacherPooling, token_states: bool = True
+) -> dict:
+    """What the student learns from: MLM ``logits``, or a ``sentence`` embedding (and per-token ``token_states``)."""
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
     if objective == "mlm":
         return {"logits": teacher(**inputs).logits.float()}
     outputs = teacher(**inputs, output_hidden_states=True)
     states = getattr(outputs, "last_hidden_state", None)
     states = (states if states is not None else outputs.hidden_states[-1]).float()  # (batch, seq, hidden)
-    return {"token_states": states, "sentence": pooling(states, batch["attention_mask"])}
+    targets = {"sentence": pooling(states, batch["attention_mask"])}
+    return {**targets, "token_states": states} if token_states else targets

@@ -18,7 +18,8 @@ from ..modeling_cmow import CMOWPreTrainedModel
 from ..training import LazyAdamW, clip_grad_norm, sparse_token_tables
 from .cache import TeacherCache, fingerprint
 from .config import DistillationConfig
-from .corpus import Corpus, first_text, text_batches
+from .corpus import Corpus, first_text, text_batches, texts_of
+from .initialization import initialize_student
 from .objectives import DistillationModule
 from .output import save_student
 from .teacher import TeacherPooling, check_compatibility, resolve_objective, teacher_targets
@@ -84,6 +85,7 @@ def distill_from_model(
     teacher_pooling: TeacherPooling | None = None,
     teacher_name: str | None = None,
     corpus_name: str | None = None,
+    corpus_fingerprint: str | None = None,
     resume: bool = False,
     push_to_hub: str | None = None,
 ) -> CMOWPreTrainedModel:
@@ -100,7 +102,9 @@ def distill_from_model(
         config: The settings; defaults to ``DistillationConfig()``.
         teacher_pooling: The teacher's sentence pooling (hidden-state objective); defaults to mean pooling.
         teacher_name: Recorded as ``config.teacher`` of the saved student.
-        corpus_name: Names the corpus in the saved config and in the teacher cache's key.
+        corpus_name: Names the corpus in the saved config (and in the teacher cache's key without a fingerprint).
+        corpus_fingerprint: Identifies the corpus's contents in the teacher cache's key; defaults to
+            ``corpus_name``, else the dataset's ``datasets`` fingerprint.
         resume: Continue from the latest checkpoint in ``output_dir/checkpoints``.
         push_to_hub: A Hub repository id to upload the saved student to.
 
@@ -126,6 +130,16 @@ def distill_from_model(
         mixed_precision=config.mixed_precision, log_with=_tracker(config.report_to), project_dir=str(output_dir)
     )
     set_seed(config.seed)
+    if config.init == "static" and not resume:
+        initialize_student(
+            student,
+            teacher,
+            tokenizer,
+            texts_of(dataset, config.text_column),
+            weighting=config.init_weighting,
+            sif_coefficient=config.init_sif_coefficient,
+            count_texts=config.init_count_texts,
+        )
     module = DistillationModule(student, objective, config, getattr(teacher.config, "hidden_size", 0))
     # Sparse token-table gradients (see cmow.training) on request: one process only, as sparse all-reduce is not
     # portable. LazyAdamW is AdamW on dense gradients.
@@ -157,8 +171,9 @@ def distill_from_model(
             "text_column": config.text_column,
             "world_size": accelerator.num_processes,
             "pooling": teacher_pooling,
+            "token_states": bool(config.alpha_token),
         }
-        corpus_id = corpus_name or getattr(dataset, "_fingerprint", None)
+        corpus_id = corpus_fingerprint or corpus_name or getattr(dataset, "_fingerprint", None)
         if corpus_id is None:
             raise ValueError("The teacher cache needs a corpus_name (the corpus's identity) to key the cache.")
         cache = TeacherCache(
@@ -217,7 +232,7 @@ def distill_from_model(
             # Teacher targets, from the cache when it has them.
             targets = cache.load(index, accelerator.device) if cache else None
             if targets is None:
-                targets = teacher_targets(teacher, batch, objective, teacher_pooling)
+                targets = teacher_targets(teacher, batch, objective, teacher_pooling, bool(config.alpha_token))
                 if cache:
                     cache.save(index, targets)
                     targets = {name: t.half().float() for name, t in targets.items()}  # what a cache read gives
@@ -273,7 +288,7 @@ def distill_from_model(
     if cache:
         logger.info("Teacher cache %s: %d hits, %d misses", cache.folder, cache.hits, cache.misses)
 
-    # Save: the student alone (the projections were training-only), on the main process.
+    # Save: the student with its pooler (the per-token projection was training-only), on the main process.
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(module).student
     sparse_mode.close()
