@@ -38,6 +38,9 @@ class DistillationConfig:
       ``contrastive_temperature``. Terms with weight 0 are not computed (``alpha_token = 0`` skips the per-token
       prefix products and their targets entirely).
 
+    With ``order_augmentation = r`` each batch also holds, for a fraction ``r`` of its texts, a copy with two adjacent
+    words swapped (``cmow.distill.augmentation``), embedded by the teacher like any text.
+
     Before training, ``init="static"`` makes the student a static embedding model of the teacher (see
     ``cmow.distill.initialization``): CBOW rows are the teacher's per-token outputs, PCA-rotated and SIF-weighted by
     the corpus's token frequencies, and the pooler maps them back, so step 0 already scores like model2vec.
@@ -73,6 +76,7 @@ class DistillationConfig:
         alpha_contrastive: Weight of the in-batch contrastive (InfoNCE) term.
         contrastive_temperature: ``tau`` of the contrastive term.
         alpha_relational: Weight of the in-batch similarity-structure term.
+        order_augmentation: Fraction of texts that get a word-swapped, teacher-labelled copy in their batch.
         init: ``"static"`` (teacher-derived CBOW table and pooler, see above) or ``"random"``.
         init_weighting: Token weights of the static initialisation: ``"sif"`` (corpus frequencies), ``"zipf"``
             (model2vec's estimate from the vocabulary order) or ``"none"``.
@@ -112,6 +116,7 @@ class DistillationConfig:
     alpha_contrastive: float = 0.0
     contrastive_temperature: float = 0.05
     alpha_relational: float = 0.0
+    order_augmentation: float = 0.0
     init: str = "static"
     init_weighting: str = "sif"
     init_sif_coefficient: float = 1e-3
@@ -143,6 +148,8 @@ class DistillationConfig:
         for name in ("max_steps", "stop_at_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
+        if not 0.0 <= self.order_augmentation <= 1.0:
+            raise ValueError(f"`order_augmentation` must be in [0, 1]; got {self.order_augmentation!r}.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
         for name in ("temperature", "contrastive_temperature", "init_sif_coefficient", "init_count_texts"):

@@ -16,6 +16,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTr
 
 from ..modeling_cmow import CMOWPreTrainedModel
 from ..training import LazyAdamW, clip_grad_norm, sparse_token_tables
+from .augmentation import add_word_order_copies
 from .cache import TeacherCache, fingerprint
 from .config import DistillationConfig
 from .corpus import Corpus, first_text, text_batches, texts_of
@@ -172,6 +173,7 @@ def distill_from_model(
             "world_size": accelerator.num_processes,
             "pooling": teacher_pooling,
             "token_states": bool(config.alpha_token),
+            "order_augmentation": config.order_augmentation,
         }
         corpus_id = corpus_fingerprint or corpus_name or getattr(dataset, "_fingerprint", None)
         if corpus_id is None:
@@ -227,6 +229,7 @@ def distill_from_model(
                 break
             if index < progress.batches_in_epoch:  # consumed before the checkpoint we resumed from
                 continue
+            texts = add_word_order_copies(texts, config.order_augmentation, config.seed, index)
             batch = {k: v.to(accelerator.device) for k, v in _collate(texts, tokenizer, collator, config).items()}
 
             # Teacher targets, from the cache when it has them.
