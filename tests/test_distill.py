@@ -16,7 +16,8 @@ from cmow import CMOWForMaskedLM, CMOWModel
 from cmow.distill import DistillationConfig, TeacherPooling, distill_from_model
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import first_text, load_corpus
-from cmow.distill.objectives import kd_loss
+from cmow.distill.augmentation import add_word_order_copies
+from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
 from cmow.distill.teacher import read_pooling
 from cmow.distill.trainer import latest_checkpoint
 from cmow.training import token_tables
@@ -225,3 +226,47 @@ def test_config_file_values_are_overridden_by_flags(tmp_path):
     config_file.write_text(json.dumps({"max_stpes": 7}))
     with pytest.raises(ValueError, match="unknown settings max_stpes"):
         settings_from(build_parser().parse_args(["distill", "--config", str(config_file)]))
+
+
+def test_contrastive_loss_known_values():
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    # cosines: s0.t0 = 1, s0.t1 = 1/sqrt2, s1.t0 = 0, s1.t1 = 1/sqrt2; temperature 0.5 doubles them
+    logits = torch.tensor([[1.0, 2**-0.5], [0.0, 2**-0.5]]) / 0.5
+    expected = -(logits[0, 0] - logits[0].logsumexp(0) + logits[1, 1] - logits[1].logsumexp(0)) / 2
+    assert contrastive_loss(student, teacher, temperature=0.5).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_relational_loss_known_values():
+    student = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # student cosines (0,1)=1 (0,2)=0 (1,2)=0; teacher (0,1)=0 (0,2)=0 (1,2)=1: two of three pairs differ by 1
+    assert relational_loss(student, teacher).item() == pytest.approx(2 * 2 / 6)
+    assert relational_loss(teacher, 5 * teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_word_order_copies_are_deterministic_and_swap_two_adjacent_words():
+    texts = ["a b c d", "x y", "same same", "one"]
+    copies = add_word_order_copies(texts, rate=1.0, seed=3, index=7)
+    assert copies[: len(texts)] == texts and copies == add_word_order_copies(texts, 1.0, seed=3, index=7)
+    assert len(copies) == len(texts) + 2  # "same same" and "one" have no pair of different adjacent words
+    for copy in copies[len(texts) :]:
+        assert copy not in texts and sorted(copy.split()) in (sorted("a b c d".split()), ["x", "y"])
+    assert add_word_order_copies(texts, 0.0, seed=3, index=7) == texts
+
+
+def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_tokenizer, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
+    config = run_config(
+        alpha_token=0.0, alpha_contrastive=1.0, alpha_relational=1.0, order_augmentation=0.5, init_weighting="sif"
+    )
+    student = CMOWModel(tiny_config(embedding_size=12))
+    dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
+    distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, config)
+    losses = logged_losses(caplog)
+    assert losses[-1] < losses[0], losses
+    terms = [r.args[1] for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")]
+    assert {"loss_sentence", "loss_contrastive", "loss_relational"} <= set(terms[-1]) and "loss_token" not in terms[-1]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["embedding_size"] == 12
+    assert saved["distillation"]["init"] == "static" and saved["distillation"]["init_weighting"] == "sif"

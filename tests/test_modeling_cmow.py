@@ -300,6 +300,32 @@ def test_token_matrices_start_as_identity_plus_noise_and_padding_is_exact_identi
     assert abs(noise[1:].std().item() - 0.01) < 1e-3 and abs(noise[1:].mean().item()) < 1e-3
 
 
+def test_the_pooler_maps_pooled_features_to_the_sentence_embedding_and_heads_read_the_features():
+    model = CMOWModel(tiny_config(embedding_size=13)).eval()
+    input_ids = random_ids()
+    output = model(input_ids)
+    assert output.pooled_features.shape == (BATCH, model.config.hidden_size)
+    assert output.pooler_output.shape == (BATCH, 13) == (BATCH, model.config.sentence_embedding_size)
+    torch.testing.assert_close(output.pooler_output, model.pooler.dense(output.pooled_features), rtol=0, atol=0)
+    pooled_only = model(input_ids, output_token_states=False).pooled_features
+    torch.testing.assert_close(model.pooled_features(input_ids), pooled_only, rtol=0, atol=0)
+    no_pooler = CMOWModel(tiny_config()).eval()
+    assert no_pooler.pooler is None and no_pooler.config.sentence_embedding_size == no_pooler.config.hidden_size
+    assert torch.equal(no_pooler(input_ids).pooler_output, no_pooler(input_ids).pooled_features)
+    classifier = CMOWForSequenceClassification(tiny_config(embedding_size=13, classifier="linear")).eval()
+    features = classifier.cmow.pooled_features(input_ids)
+    torch.testing.assert_close(classifier(input_ids).logits, classifier.classifier(features), rtol=0, atol=0)
+
+
+def test_the_pooler_survives_save_and_load(tmp_path):
+    model = CMOWModel(tiny_config(embedding_size=13)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.embedding_size == 13
+    input_ids = random_ids()
+    torch.testing.assert_close(loaded(input_ids).pooler_output, model(input_ids).pooler_output, rtol=0, atol=0)
+
+
 def test_save_and_load_give_identical_outputs_with_safetensors_and_code(tmp_path):
     model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat")).eval()
     model.save_pretrained(tmp_path)
@@ -366,7 +392,8 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 
 
 def test_remote_code_loads_every_auto_class_without_cmow_installed(tmp_path):
-    model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat")).eval()
+    # With a pooler (embedding_size), as distilled students have: its projection must travel with the remote code.
+    model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat", embedding_size=13)).eval()
     model.save_pretrained(tmp_path / "checkpoint")
     inputs = pair_batch()
     with torch.inference_mode():

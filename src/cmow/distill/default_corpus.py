@@ -4,8 +4,8 @@
   and in every process): the word-order probe of ``cmow evaluate`` is built from the held-out paragraphs.
 * The texts of all nine GLUE train sets (both sides of pairs, labels dropped): news, captions, forum questions,
   reviews and Wikipedia, the domains the GLUE and STS-B evaluations use, which books alone do not cover.
-* No text that is also in any GLUE dev set (compared after stripping whitespace), so no evaluation sentence is ever
-  trained on.
+* No text that is also in any GLUE dev set or among the held-out paragraphs or their sentences (compared after
+  stripping whitespace), so no evaluation sentence is ever trained on.
 
 The texts are deduplicated and shuffled once with a fixed seed, so each batch mixes both sources.
 """
@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 from pathlib import Path
 
 import datasets
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 GUTENBERG = "corpus/gutenberg_train_50MB.txt.gz"
 HELD_OUT_PERCENT = 2
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 DESCRIPTION = f"gutenberg_train_50MB.txt.gz (minus {HELD_OUT_PERCENT}% held out) + GLUE train texts (9 tasks)"
 
 
@@ -45,6 +47,16 @@ def gutenberg_paragraphs(folder: str | os.PathLike | None = None, held_out: bool
         return [text for text in paragraphs if text and is_held_out(text) == held_out]
 
 
+def held_out_sentences(folder: str | os.PathLike | None = None) -> list[str]:
+    """The sentences of the held-out Gutenberg paragraphs (split after ``.``, ``!`` or ``?``), in corpus order."""
+    return [
+        sentence.strip()
+        for paragraph in gutenberg_paragraphs(folder, held_out=True)
+        for sentence in _SENTENCE_END.split(paragraph)
+        if sentence.strip()
+    ]
+
+
 def glue_texts(glue_dir: str | os.PathLike, split: str) -> list[str]:
     """Every text (both sides of pairs) of one split of the nine GLUE tasks, stripped, in task order."""
     texts = []
@@ -60,6 +72,7 @@ def build_default_corpus(folder: str | os.PathLike | None = None, seed: int = 0)
     """The default corpus's texts: Gutenberg training paragraphs + GLUE train texts, minus GLUE dev texts, shuffled."""
     glue_dir = Path(data_dir(folder)) / "glue"
     evaluation = set(glue_texts(glue_dir, "validation"))
+    evaluation |= set(gutenberg_paragraphs(folder, held_out=True)) | set(held_out_sentences(folder))
     texts = gutenberg_paragraphs(folder) + glue_texts(glue_dir, "train")
     texts = [text for text in dict.fromkeys(texts) if text not in evaluation]
     random.Random(seed).shuffle(texts)

@@ -16,7 +16,6 @@ raw text to embeddings on SST-2 dev, best of three passes, on the threads torch 
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from ..glue.data import load_glue
 logger = logging.getLogger(__name__)
 
 WORD_ORDER_SENTENCES = 10_000
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
 @dataclass
@@ -56,14 +54,10 @@ def word_order_probe(folder: str | os.PathLike | None = None, count: int = WORD_
     Sentences of 6 to 30 words; half of them (chosen at random) get two adjacent, different words swapped (label 1).
     Returns ``(train_texts, train_labels, test_texts, test_labels)``, 80/20.
     """
-    from ..distill.default_corpus import gutenberg_paragraphs
+    from ..distill.default_corpus import held_out_sentences
 
-    sentences = []
-    for paragraph in gutenberg_paragraphs(folder, held_out=True):
-        for sentence in _SENTENCE_END.split(paragraph):
-            words = sentence.split()
-            if 6 <= len(words) <= 30:
-                sentences.append(words)
+    sentences = [sentence.split() for sentence in held_out_sentences(folder)]
+    sentences = [words for words in sentences if 6 <= len(words) <= 30]
     rng = random.Random(seed)
     rng.shuffle(sentences)
     texts, labels = [], []
