@@ -69,3 +69,15 @@ def test_bad_inputs_raise_clear_errors(model, tokenizer):
         encode(model, tokenizer, ["fine", "  "])
     with pytest.raises(ValueError, match="batch_size"):
         encode(model, tokenizer, ["fine"], batch_size=0)
+
+
+def test_encode_runs_in_eval_mode_and_restores_the_mode(tokenizer):
+    config = tiny_config(vocab_size=tokenizer.vocab_size, sep_token_id=tokenizer.sep_token_id, hidden_dropout_prob=0.5)
+    model = CMOWModel(config).train()  # as freshly built or just trained: dropout active
+    first, second = encode(model, tokenizer, TEXTS), encode(model, tokenizer, TEXTS)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert model.training and model.encoder.dropout.training
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(batch["input_ids"], batch["attention_mask"]).pooler_output
+    torch.testing.assert_close(first, expected)
