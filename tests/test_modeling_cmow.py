@@ -287,6 +287,17 @@ def test_empty_and_malformed_inputs_raise_clear_errors():
         model(random_ids(), attention_mask=torch.ones(BATCH, SEQ + 1))
     with pytest.raises(ValueError, match="sentence pair"):
         model(random_ids(), token_type_ids=torch.zeros(BATCH, SEQ, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(random_ids().float())
+
+
+@pytest.mark.parametrize(("encoder", "bidirectional"), ENCODERS)
+def test_a_batch_of_no_texts_gives_empty_outputs(encoder, bidirectional):
+    model = CMOWModel(tiny_config(encoder=encoder, bidirectional=bidirectional, embedding_size=6))
+    no_texts = torch.zeros(0, SEQ, dtype=torch.long)
+    for token_states in (True, False):
+        assert model(no_texts, output_token_states=token_states).pooler_output.shape == (0, 6)
+    assert CMOWForSequenceClassification(tiny_config(num_labels=2))(no_texts).logits.shape == (0, 2)
 
 
 # --- initialisation, saving, loading --------------------------------------------------------------------------------
@@ -335,6 +346,13 @@ def test_save_and_load_give_identical_outputs_with_safetensors_and_code(tmp_path
     inputs = pair_batch()
     loaded = CMOWForSequenceClassification.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_a_folder_without_config_json_is_refused_not_loaded_with_default_sizes(tmp_path):
+    CMOWModel(tiny_config()).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(OSError, match="has no config.json"):
+        CMOWModel.from_pretrained(tmp_path)
 
 
 def test_auto_classes_load_every_head_from_one_checkpoint(tmp_path):

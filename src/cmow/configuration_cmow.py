@@ -134,6 +134,20 @@ class CMOWConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, sep_token_id=sep_token_id, **kwargs)
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """transformers' ``get_config_dict``, but a folder or repo without ``config.json`` is an error.
+
+        transformers returns an empty dict there, which would silently build a model of the default sizes.
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no config.json, so it is not a saved CMOW model: pass a folder "
+                "written by `model.save_pretrained`, or build the model from a CMOWConfig."
+            )
+        return config_dict, kwargs
+
+    @classmethod
     def from_tokenizer(cls, tokenizer, **kwargs) -> "CMOWConfig":
         """A config whose vocabulary, padding and separator ids are the tokenizer's; ``kwargs`` set the rest."""
         return cls(

@@ -157,6 +157,11 @@ class MatrixEmbedding(nn.Embedding):
         return matrices
 
 
+def matrices_of_no_texts(table: MatrixEmbedding) -> torch.Tensor:
+    """The pooled product features of a batch of zero texts: ``(0, d * d)``."""
+    return torch.zeros(0, table.matrix_size**2, device=table.weight.device)
+
+
 class CMOWEncoder(nn.Module):
     """Token tables and the products and sums over them.
 
@@ -228,7 +233,8 @@ class CMOWEncoder(nn.Module):
                         tree_reduce(table(ids[:, start : start + rows], table_mask[:, start : start + rows]))
                         for start in range(0, batch, rows)
                     ]  # (rows, d, d) each
-                    pooled.append(torch.cat(products).flatten(1))
+                    # (batch, d * d); a batch of no texts gives no rows, as the per-token path does
+                    pooled.append(torch.cat(products).flatten(1) if products else matrices_of_no_texts(table))
         token_output = torch.cat(tokens, dim=-1) if token_states else None
         pooled = torch.cat(pooled, dim=-1)
         if self.cmow_embeddings is not None:
@@ -286,6 +292,11 @@ class CMOWPreTrainedModel(PreTrainedModel):
             raise ValueError("CMOW models need `input_ids` (there are no input embeddings to pass instead).")
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must have shape (batch, seq); got {tuple(input_ids.shape)}.")
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(
+                f"`input_ids` must hold integer token ids (torch.long); got {input_ids.dtype}. Tokenize with "
+                "`tokenizer(texts, return_tensors='pt')` or convert with `.long()`."
+            )
         if input_ids.shape[1] == 0:
             raise ValueError("`input_ids` is empty: every text needs at least one token.")
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
