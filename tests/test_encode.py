@@ -69,6 +69,15 @@ def test_bad_inputs_raise_clear_errors(model, tokenizer):
         encode(model, tokenizer, ["fine", "  "])
     with pytest.raises(ValueError, match="batch_size"):
         encode(model, tokenizer, ["fine"], batch_size=0)
+    with pytest.raises(TypeError, match="list of strings; got int"):
+        encode(model, tokenizer, 3)
+    for invisible in ("\u200b", "\x00", "\u200b\x00 "):
+        with pytest.raises(ValueError, match=r"Text 2 .* no tokens besides the special ones"):
+            encode(model, tokenizer, ["fine", "also fine", invisible])
+
+
+def test_encode_takes_any_iterable_of_texts(model, tokenizer):
+    torch.testing.assert_close(encode(model, tokenizer, (text for text in TEXTS)), encode(model, tokenizer, TEXTS))
 
 
 def test_encode_runs_in_eval_mode_and_restores_the_mode(tokenizer):

@@ -70,7 +70,8 @@ def encode(
     Args:
         model: A CMOW model (``CMOWModel`` or any head; its encoder is used).
         tokenizer: The tokenizer the model was trained with.
-        texts: The texts; none may be empty.
+        texts: The texts (a list or any iterable); none may be empty or consist only of characters the tokenizer
+            drops (e.g. ``"\\u200b"``), which would encode like an empty text.
         batch_size: Texts per batch.
         output: ``"sentence_embedding"`` (the model's ``pooler_output``: for a distilled student the projection
             trained to the teacher's embedding space) or ``"pooled_features"`` (the raw ``[cbow; cmow_fw; cmow_bw]``
@@ -82,6 +83,10 @@ def encode(
     """
     if isinstance(texts, str):
         raise TypeError("`texts` must be a list of strings; wrap a single text in a list.")
+    try:
+        texts = list(texts)  # a generator or any other iterable of texts
+    except TypeError as error:
+        raise TypeError(f"`texts` must be a list of strings; got {type(texts).__name__}.") from error
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
     for index, text in enumerate(texts):
@@ -107,8 +112,16 @@ def encode(
 
 def _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad_token_id, output) -> None:
     """Fill ``embeddings`` with the ``output`` of ``base`` for ``texts``, chunk by chunk, in length-sorted batches."""
+    specials = tokenizer.num_special_tokens_to_add()
     for chunk_start in range(0, len(texts), chunk_size):
         ids = _token_ids(tokenizer, texts[chunk_start : chunk_start + chunk_size])
+        empty = next((i for i, row in enumerate(ids) if len(row) <= specials), None)
+        if empty is not None:
+            index = chunk_start + empty
+            raise ValueError(
+                f"Text {index} ({texts[index]!r}) has no tokens besides the special ones: the tokenizer drops all its "
+                "characters, so it would encode like an empty text. Remove it or give it some content."
+            )
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
