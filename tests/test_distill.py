@@ -13,13 +13,14 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 
 from cmow import CMOWForMaskedLM, CMOWModel
-from cmow.distill import DistillationConfig, TeacherPooling, distill_from_model
+from cmow.distill import DistillationConfig, TeacherPooling, distill, distill_from_model
 from cmow.distill.augmentation import add_word_order_copies
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import first_text, load_corpus
 from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
 from cmow.distill.teacher import read_pooling
 from cmow.distill.trainer import latest_checkpoint
+from cmow.hub import files_to_upload
 from cmow.training import token_tables
 from conftest import PAD, SEP, VOCAB, tiny_config
 
@@ -170,9 +171,30 @@ def test_two_process_launch_from_folders(tiny_tokenizer, tmp_path):
     assert "Saved the distilled student" in result.stdout
     assert "on 2 process(es)" in result.stderr
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
-    assert saved["distillation"]["objective"] == "mlm" and saved["teacher"] == str(teacher_dir)
+    assert saved["distillation"]["objective"] == "mlm" and saved["teacher"] == "teacher (local folder)"
     assert saved["vocab_size"] == VOCAB and saved["matrix_size"] == 3
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(tmp_path / "student/checkpoints/step-4"))
+
+
+def save_teacher_folder(tokenizer, folder):
+    tiny_teacher().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_published_files_name_the_local_teacher_and_corpus_without_their_paths(tiny_tokenizer, tmp_path):
+    teacher_dir = save_teacher_folder(tiny_tokenizer, tmp_path / "tiny-bert")
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(corpus_texts(12)) + "\n")
+    output = tmp_path / "student"
+    small = {"matrix_size": 3, "cbow_size": 5}
+    distill(str(teacher_dir), [str(corpus)], output, student_config=small, config=run_config(max_steps=2))
+    saved = json.loads((output / "config.json").read_text())
+    assert saved["teacher"] == "tiny-bert (local folder)"
+    assert saved["distillation"]["corpus"] == "texts.txt (local file)"
+    assert "**Data:** texts.txt (local file)" in (output / "README.md").read_text()
+    for path in files_to_upload(output):
+        assert str(tmp_path).encode() not in path.read_bytes(), path.name
 
 
 def test_mismatched_or_incapable_teachers_fail_before_training(tiny_tokenizer, tmp_path):

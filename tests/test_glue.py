@@ -214,6 +214,9 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     student = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "student-random")
     assert student.config.pair_encoding == "diffcat" and student.config.distillation["task"] == "MRPC"
     assert (out / "MRPC" / "student-random" / "README.md").is_file()
+    assert student.config.teacher == "tiny-bert (local folder)"
+    for name in ("config.json", "README.md", "cmow_training.json", "metrics.json"):
+        assert str(tmp_path) not in (out / "MRPC" / "student-random" / name).read_text(), name
     assert not (out / "MRPC" / "student-random" / "checkpoints").exists()
 
     # Second student from the first one's checkpoint: the fine-tuned teacher is reused, not trained again.
@@ -227,6 +230,8 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     assert list((out / "MRPC" / "teacher").glob("train_logits-*.npy")) == [logits_file]
     assert logits_file.stat().st_mtime == logits_mtime
     assert (out / "MRPC" / "student-warm" / "metrics.json").is_file()
+    warm = json.loads((out / "MRPC" / "student-warm" / "metrics.json").read_text())
+    assert warm["model"] == "student-random (local folder)" and str(tmp_path) not in json.dumps(warm)
     # A different teacher never reads those logits.
     teacher = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "teacher")
     digest = weights_digest(teacher)

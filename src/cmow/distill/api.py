@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 
 from ..configuration_cmow import CMOWConfig
 from ..data import default_teacher
+from ..hub_cards import public_name
 from ..modeling_cmow import CMOWForMaskedLM, CMOWModel, CMOWPreTrainedModel
 from .config import DistillationConfig
 from .corpus import load_corpus
@@ -68,8 +69,9 @@ def distill(
         corpus_fingerprint = f"{corpus_name} {digest}"
     else:
         dataset = load_corpus(corpus, corpus_config_name)
-        corpus_name = ",".join(map(str, corpus)) if isinstance(corpus, list | tuple) else str(corpus)
-        corpus_fingerprint = corpus_name
+        sources = corpus if isinstance(corpus, list | tuple) else [corpus]
+        corpus_name = ", ".join(public_name(source) for source in sources)
+        corpus_fingerprint = ",".join(map(str, sources))
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     architectures = AutoConfig.from_pretrained(teacher).architectures or []
     has_mlm = any(name.endswith("ForMaskedLM") for name in architectures)
@@ -99,7 +101,7 @@ def distill(
         output_dir,
         config,
         teacher_pooling=pooling,
-        teacher_name=teacher,
+        teacher_name=public_name(teacher),
         corpus_name=corpus_name,
         corpus_fingerprint=corpus_fingerprint,
         resume=resume,

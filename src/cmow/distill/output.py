@@ -7,7 +7,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from ..hub import push_to_hub as upload
-from ..hub_cards import write_model_card
+from ..hub_cards import public_name, write_model_card
 from ..modeling_cmow import CMOWPreTrainedModel
 from .config import DistillationConfig
 
@@ -29,12 +29,14 @@ def save_student(
     """Save ``student`` and ``tokenizer`` with ``config.teacher`` / ``config.distillation`` set, and a model card.
 
     ``config.distillation`` records every setting, the resolved objective, the corpus and the steps trained; the card
-    shows the settings that differ from the defaults.
+    shows the settings that differ from the defaults. Teacher and corpus are recorded by name (``public_name``),
+    never as local paths, since the config and the card are published with the model.
 
     Returns:
         ``output_dir``.
     """
     output_dir = Path(output_dir)
+    teacher, corpus = public_name(teacher), public_name(corpus) if corpus else None
     student.config.teacher = teacher
     student.config.distillation = {**config.to_dict(), "objective": objective, "corpus": corpus, "steps": steps}
     student.save_pretrained(output_dir)

@@ -2,7 +2,8 @@
 
 Layout of ``output_dir/<TASK>/``: ``teacher/`` and ``student-<name>/``, each a ``save_pretrained`` folder (model,
 tokenizer) with ``metrics.json``. A ``teacher/`` that already holds ``metrics.json`` is reused, so a run over all nine
-tasks can be resumed and several students share one teacher.
+tasks can be resumed and several students share one teacher. Models are named in ``metrics.json``, configs and cards by
+``public_name``, never by a local path; ``run_config.json``, which is not published, keeps the paths to rerun.
 """
 
 import hashlib
@@ -27,7 +28,7 @@ from transformers import (
 )
 
 from ..configuration_cmow import CMOWConfig
-from ..hub_cards import write_model_card
+from ..hub_cards import public_name, write_model_card
 from ..modeling_cmow import CMOWForSequenceClassification
 from .data import HUB_DATASET, GlueTask, get_task, load_glue
 from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
@@ -180,7 +181,7 @@ def finetune_teacher(cfg: GlueRunConfig, task: GlueTask, raw: datasets.DatasetDi
     record = {
         "task": task.name,
         "role": "teacher",
-        "model": base,
+        "model": public_name(base),
         "train_seconds": train_seconds,
         "train_examples": len(train),
         **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
@@ -258,7 +259,7 @@ def distill_student(
     train = tokenize(raw["train"], tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
     dev = tokenize(raw["validation"], tokenizer)
     student = build_student(cfg, task, tokenizer)
-    student.config.teacher = teacher_record["model"]
+    student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
         "task": task.name,
         "teacher_fine_tuned_on": task.name,
@@ -267,7 +268,7 @@ def distill_student(
         "epochs": cfg.student_epochs,
         "lr": cfg.student_lr,
         "batch_size": cfg.student_batch_size,
-        "init": cfg.student or "random",
+        "init": public_name(cfg.student) if cfg.student else "random",
     }
     args = _training_args(cfg, folder / "checkpoints", cfg.student_epochs, cfg.student_lr, cfg.student_batch_size)
     trainer = DistillationTrainer(
@@ -288,8 +289,8 @@ def distill_student(
     record = {
         "task": task.name,
         "role": folder.name,
-        "model": cfg.student or "cmow (random init)",
-        "teacher": teacher_record["model"],
+        "model": public_name(cfg.student) if cfg.student else "cmow (random init)",
+        "teacher": public_name(teacher_record["model"]),
         "train_seconds": train_seconds,
         "train_examples": len(train),
         **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
@@ -357,7 +358,7 @@ def run_task(cfg: GlueRunConfig) -> dict[str, dict]:
             )
         if not (teacher_dir / METRICS_FILE).is_file():
             dev = tokenize(raw["validation"], tokenizer, cfg.teacher_max_length)
-            record = {"task": task.name, "role": "teacher", "model": str(source)}
+            record = {"task": task.name, "role": "teacher", "model": public_name(source)}
             record |= _evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | _num_parameters(teacher)
             _save(teacher, tokenizer, teacher_dir, record)
     else:
