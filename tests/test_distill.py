@@ -16,7 +16,7 @@ from cmow import CMOWForMaskedLM, CMOWModel
 from cmow.distill import DistillationConfig, TeacherPooling, distill, distill_from_model
 from cmow.distill.augmentation import add_word_order_copies
 from cmow.distill.cli import settings_from
-from cmow.distill.corpus import first_text, load_corpus
+from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
 from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
 from cmow.distill.teacher import read_pooling
 from cmow.distill.trainer import latest_checkpoint
@@ -176,8 +176,8 @@ def test_two_process_launch_from_folders(tiny_tokenizer, tmp_path):
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(tmp_path / "student/checkpoints/step-4"))
 
 
-def save_teacher_folder(tokenizer, folder):
-    tiny_teacher().save_pretrained(folder)
+def save_teacher_folder(tokenizer, folder, cls=BertForMaskedLM):
+    tiny_teacher(cls).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -230,6 +230,52 @@ def test_bad_corpora_get_clear_errors(tiny_tokenizer, tmp_path):
         student = CMOWModel(tiny_config(embedding_size=12))
         empty = datasets.Dataset.from_dict({"text": ["", "  "]})
         distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, empty, tmp_path, run_config())
+
+
+def test_corpus_folders_and_hub_ids_load_as_the_cli_passes_them(tmp_path, monkeypatch):
+    folder = tmp_path / "corpus_dir"
+    folder.mkdir()
+    (folder / "part.txt").write_text("w1 w2\nw3\n")
+    assert [row["text"] for row in load_corpus([str(folder)])] == ["w1 w2", "w3"]  # `--corpus corpus_dir`
+    opened = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, **kwargs: opened.append((path, name)))
+    load_corpus(["user/corpus"], "en")  # `--corpus user/corpus --corpus-config-name en`
+    assert opened == [("user/corpus", "en")]
+
+
+def test_corpus_fingerprint_follows_the_contents_not_only_size_and_time(tmp_path):
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    small.write_text("w1 w2\nw3 w4\n")
+    large.write_bytes(bytes(range(256)) * (40 << 10))  # 10 MiB: sampled (first and last block among them)
+    for path, offset in ((small, 0), (large, (10 << 20) - 1)):
+        before, times = corpus_fingerprint([str(path)]), path.stat()
+        with path.open("r+b") as file:  # rewritten in place: same size, and the same time restored
+            file.seek(offset)
+            file.write(b"X")
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+        assert corpus_fingerprint([str(path)]) != before, path.name
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("w1\n")
+    before = corpus_fingerprint(str(folder))
+    (folder / "b.txt").write_text("w2\n")
+    assert corpus_fingerprint(str(folder)) != before
+    assert corpus_fingerprint("user/corpus", "en") != corpus_fingerprint("user/corpus", "de")
+
+
+def test_teacher_cache_misses_after_the_corpus_file_is_rewritten(tiny_tokenizer, tmp_path):
+    teacher_dir = save_teacher_folder(tiny_tokenizer, tmp_path / "teacher", BertModel)
+    corpus = tmp_path / "texts.txt"
+    lines = corpus_texts(9)
+    corpus.write_text("\n".join(lines) + "\n")
+    times = corpus.stat()
+    config = run_config(max_steps=2, cache_dir=str(tmp_path / "cache"))
+    small = {"matrix_size": 3, "cbow_size": 5}
+    distill(str(teacher_dir), str(corpus), tmp_path / "first", student_config=small, config=config)
+    corpus.write_text("\n".join(reversed(lines)) + "\n")  # other texts per batch, same size and time
+    os.utime(corpus, ns=(times.st_atime_ns, times.st_mtime_ns))
+    distill(str(teacher_dir), str(corpus), tmp_path / "second", student_config=small, config=config)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # two keys: no stale targets were read
 
 
 def test_sentence_transformers_pooling_is_read_from_the_folder(teacher_path, tmp_path):

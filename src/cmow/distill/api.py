@@ -12,7 +12,7 @@ from ..data import default_teacher
 from ..hub_cards import public_name
 from ..modeling_cmow import CMOWForMaskedLM, CMOWModel, CMOWPreTrainedModel
 from .config import DistillationConfig
-from .corpus import load_corpus
+from .corpus import corpus_fingerprint, load_corpus
 from .default_corpus import default_corpus
 from .teacher import TeacherPooling, read_pooling
 from .trainer import distill_from_model
@@ -66,12 +66,12 @@ def distill(
     teacher = str(teacher or default_teacher())
     if corpus is None:
         dataset, corpus_name, digest = default_corpus()
-        corpus_fingerprint = f"{corpus_name} {digest}"
+        contents = f"{corpus_name} {digest}"
     else:
         dataset = load_corpus(corpus, corpus_config_name)
         sources = corpus if isinstance(corpus, list | tuple) else [corpus]
         corpus_name = ", ".join(public_name(source) for source in sources)
-        corpus_fingerprint = ",".join(map(str, sources))
+        contents = corpus_fingerprint(corpus, corpus_config_name)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     architectures = AutoConfig.from_pretrained(teacher).architectures or []
     has_mlm = any(name.endswith("ForMaskedLM") for name in architectures)
@@ -103,7 +103,7 @@ def distill(
         teacher_pooling=pooling,
         teacher_name=public_name(teacher),
         corpus_name=corpus_name,
-        corpus_fingerprint=corpus_fingerprint,
+        corpus_fingerprint=contents,
         resume=resume,
         push_to_hub=push_to_hub,
     )

@@ -1,5 +1,6 @@
 """The corpus as a stream of text batches: plain text files (also ``.gz``) or any ``datasets`` dataset."""
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -16,6 +17,11 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 FILE_SUFFIXES = (".txt", ".gz", ".bz2", ".zst", *BUILDERS)
 
 Corpus = datasets.Dataset | datasets.IterableDataset
+
+# Content hash of a corpus file for the teacher cache's key: whole up to HASHED_WHOLE_BYTES, else sampled blocks.
+HASHED_WHOLE_BYTES = 8 << 20
+SAMPLE_BYTES = 256 << 10
+SAMPLED_BLOCKS = 16
 
 
 def _builder(path: Path) -> str:
@@ -37,7 +43,8 @@ def load_corpus(corpus: str | os.PathLike | list, name: str | None = None) -> da
     Raises:
         FileNotFoundError: if a path that looks like a file does not exist.
     """
-    paths = [Path(p).expanduser() for p in (corpus if isinstance(corpus, list | tuple) else [corpus])]
+    sources = [str(source) for source in (corpus if isinstance(corpus, list | tuple) else [corpus])]
+    paths = [Path(source).expanduser() for source in sources]
     for path in paths:
         if not path.exists() and (path.suffix in FILE_SUFFIXES or len(paths) > 1 or str(path).startswith((".", "/"))):
             raise FileNotFoundError(f"Corpus file {path} does not exist: pass an existing text file or a dataset id.")
@@ -49,7 +56,46 @@ def load_corpus(corpus: str | os.PathLike | list, name: str | None = None) -> da
         return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
     if len(paths) > 1:
         raise ValueError("Several corpora must all be files; pass one dataset folder or Hub id at a time.")
-    return datasets.load_dataset(str(corpus), name, split="train", streaming=True)
+    folder_or_id = str(paths[0]) if paths[0].exists() else sources[0]  # the CLI passes a list of one
+    return datasets.load_dataset(folder_or_id, name, split="train", streaming=True)
+
+
+def _file_digest(path: Path) -> str:
+    """Size, modification time and a hash of the contents: all of a small file, samples of a large one."""
+    size = path.stat().st_size
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as file:
+        if size <= HASHED_WHOLE_BYTES:
+            digest.update(file.read())
+        else:  # the first and last block and evenly spaced ones between them
+            for index in range(SAMPLED_BLOCKS):
+                file.seek(index * (size - SAMPLE_BYTES) // (SAMPLED_BLOCKS - 1))
+                digest.update(file.read(SAMPLE_BYTES))
+    return f"{size}:{path.stat().st_mtime_ns}:{digest.hexdigest()}"
+
+
+def corpus_fingerprint(corpus: str | os.PathLike | list, name: str | None = None) -> str:
+    """What the teacher cache's key knows of a corpus (see ``cmow.distill.cache``): its contents where it is local.
+
+    Each local file (also each file under a dataset folder) counts with its size, its modification time and a hash of
+    its contents: the whole file up to 8 MiB, else 16 blocks of 256 KiB spread over it (first and last included), so
+    a corpus rewritten in place never reuses stale targets and fingerprinting a large corpus stays fast. A Hub dataset
+    counts by its id and configuration ``name`` only: clear the cache when it changes on the Hub.
+    """
+    sources = corpus if isinstance(corpus, list | tuple) else [corpus]
+    parts = []
+    for source in map(str, sources):
+        path = Path(source).expanduser()
+        if path.is_file():
+            parts.append(_file_digest(path))
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).as_posix().startswith(".")
+            )
+            parts.extend(f"{file.relative_to(path).as_posix()}={_file_digest(file)}" for file in files)
+        else:
+            parts.append(f"hub:{source}:{name}")
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def first_text(dataset: Corpus, text_column: str) -> str:

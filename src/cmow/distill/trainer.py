@@ -103,9 +103,11 @@ def distill_from_model(
         config: The settings; defaults to ``DistillationConfig()``.
         teacher_pooling: The teacher's sentence pooling (hidden-state objective); defaults to mean pooling.
         teacher_name: Recorded as ``config.teacher`` of the saved student.
-        corpus_name: Names the corpus in the saved config (and in the teacher cache's key without a fingerprint).
-        corpus_fingerprint: Identifies the corpus's contents in the teacher cache's key; defaults to
-            ``corpus_name``, else the dataset's ``datasets`` fingerprint.
+        corpus_name: Names the corpus in the saved config and card (a name, not a local path: see
+            ``cmow.hub_cards.public_name``).
+        corpus_fingerprint: Identifies the corpus's contents in the teacher cache's key (e.g.
+            ``cmow.distill.corpus.corpus_fingerprint``); defaults to the dataset's ``datasets`` fingerprint, else
+            ``corpus_name``.
         resume: Continue from the latest checkpoint in ``output_dir/checkpoints``.
         push_to_hub: A Hub repository id to upload the saved student to.
 
@@ -175,7 +177,7 @@ def distill_from_model(
             "token_states": bool(config.alpha_token),
             "order_augmentation": config.order_augmentation,
         }
-        corpus_id = corpus_fingerprint or corpus_name or getattr(dataset, "_fingerprint", None)
+        corpus_id = corpus_fingerprint or getattr(dataset, "_fingerprint", None) or corpus_name
         if corpus_id is None:
             raise ValueError("The teacher cache needs a corpus_name (the corpus's identity) to key the cache.")
         cache = TeacherCache(
