@@ -10,6 +10,8 @@ from cmow import CMOWConfig
 
 VOCAB, D, CBOW, BATCH, SEQ = 99, 4, 5, 3, 7
 SEP, PAD = 3, 0
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: PAD and SEP as above
+WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]
 
 
 def tiny_config(**overrides) -> CMOWConfig:
@@ -59,3 +61,13 @@ def tokenizer(teacher_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(teacher_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 99-token WordPiece tokenizer built offline: the specials, then the words w0, w1, ..."""
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + WORDS)})
+    assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.sep_token_id) == (VOCAB, PAD, SEP)
+    return tokenizer

@@ -10,29 +10,19 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel, BertTokenizer
+from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel
 
 from cmow import CMOWForMaskedLM, CMOWModel
 from cmow.distill import DistillationConfig, TeacherPooling, distill, distill_from_model
 from cmow.distill.augmentation import add_word_order_copies
+from cmow.distill.checkpoints import latest_checkpoint
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
 from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
 from cmow.distill.teacher import read_pooling
-from cmow.distill.trainer import latest_checkpoint
 from cmow.hub import files_to_upload
 from cmow.training import token_tables
-from conftest import PAD, SEP, VOCAB, tiny_config
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: PAD and SEP match conftest
-WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer() -> BertTokenizer:
-    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + WORDS)})
-    assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.sep_token_id) == (VOCAB, PAD, SEP)
-    return tokenizer
+from conftest import PAD, VOCAB, WORDS, tiny_config
 
 
 def corpus_texts(count: int = 40, seed: int = 0) -> list[str]:

@@ -135,7 +135,7 @@ def public_name(source: str | os.PathLike) -> str:
     """
     text = str(source)
     path = Path(text).expanduser()
-    if not (path.is_absolute() or text.startswith(("~", ".")) or path.exists()):
+    if not text or not (path.is_absolute() or text.startswith(("~", ".")) or path.exists()):
         return text
     if _is_default_teacher(path):
         return DEFAULT_TEACHER_NAME

@@ -42,6 +42,7 @@ def distill(
     config: DistillationConfig | None = None,
     corpus_config_name: str | None = None,
     resume: bool = False,
+    overwrite_output_dir: bool = False,
     push_to_hub: str | None = None,
 ) -> CMOWPreTrainedModel:
     """Distil a Hub or local teacher into a new CMOW student on a text corpus.
@@ -56,7 +57,8 @@ def distill(
             ``vocab_size``, ``pad_token_id`` and ``sep_token_id`` come from the teacher and its tokenizer.
         config: Distillation settings; ``DistillationConfig()`` when ``None``.
         corpus_config_name: Configuration name of a Hub dataset corpus.
-        resume: Continue from the latest checkpoint in ``output_dir``.
+        resume: Continue from the newest complete checkpoint in ``output_dir``, with the same settings.
+        overwrite_output_dir: Start afresh in an ``output_dir`` that holds an earlier run (deletes its checkpoints).
         push_to_hub: Upload the student to this Hub repository id when done.
 
     Returns:
@@ -105,5 +107,6 @@ def distill(
         corpus_name=corpus_name,
         corpus_fingerprint=contents,
         resume=resume,
+        overwrite_output_dir=overwrite_output_dir,
         push_to_hub=push_to_hub,
     )

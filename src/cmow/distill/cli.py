@@ -63,7 +63,18 @@ def add_parser(commands) -> None:
     run.add_argument("--corpus-config-name", help="configuration name of a Hub dataset corpus")
     run.add_argument("--output-dir", help="where the student goes (default: cmow-distilled)")
     run.add_argument("--config", type=Path, help="JSON file of settings (any long option name); flags override it")
-    run.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue the run in --output-dir from its newest complete checkpoint (same settings only)",
+    )
+    run.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        default=None,
+        help="start afresh in an --output-dir that holds an earlier run: delete its checkpoints, replace its model",
+    )
     run.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the student to this Hub repository")
     student = parser.add_argument_group("student (CMOWConfig; default: bidirectional Hybrid, 20x20 matrices)")
     student.add_argument("--encoder", choices=("cmow", "cbow", "hybrid"))
@@ -91,7 +102,7 @@ def settings_from(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"Config file {args.config} does not exist.")
         settings = json.loads(args.config.read_text())
     known = {f.name for f in dataclasses.fields(DistillationConfig)} | set(STUDENT_FLAGS)
-    known |= {"teacher", "corpus", "corpus_config_name", "output_dir", "resume", "push_to_hub"}
+    known |= {"teacher", "corpus", "corpus_config_name", "output_dir", "resume", "overwrite_output_dir", "push_to_hub"}
     unknown = set(settings) - known
     if unknown:
         raise ValueError(f"{args.config}: unknown settings {', '.join(sorted(unknown))}; see `cmow distill --help`.")
@@ -117,6 +128,7 @@ def run_distill(args: argparse.Namespace) -> int:
         config=config,
         corpus_config_name=settings.get("corpus_config_name"),
         resume=bool(settings.get("resume")),
+        overwrite_output_dir=bool(settings.get("overwrite_output_dir")),
         push_to_hub=settings.get("push_to_hub"),
     )
     if config.stop_at_step is not None and student.config.distillation is None:

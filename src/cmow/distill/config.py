@@ -1,5 +1,6 @@
 """Settings of a general distillation run: one dataclass whose docstring states the objective."""
 
+import math
 from dataclasses import asdict, dataclass
 
 OBJECTIVES = ("auto", "mlm", "hidden")
@@ -152,13 +153,21 @@ class DistillationConfig:
             raise ValueError(f"`order_augmentation` must be in [0, 1]; got {self.order_augmentation!r}.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
-        for name in ("temperature", "contrastive_temperature", "init_sif_coefficient", "init_count_texts"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0; got {getattr(self, name)!r}.")
+        # NaN fails every comparison, and an infinite value would make the loss or the weights infinite.
+        positive = (
+            "learning_rate",
+            "temperature",
+            "contrastive_temperature",
+            "init_sif_coefficient",
+            "init_count_texts",
+        )
+        for name in positive:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0; got {getattr(self, name)!r}.")
         weights = ("alpha_token", "alpha_sentence", "alpha_contrastive", "alpha_relational")
-        for name in weights:
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`{name}` must be >= 0; got {getattr(self, name)!r}.")
+        for name in ("weight_decay", "max_grad_norm", "warmup_steps", "alpha_ce", "alpha_mlm", *weights):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0; got {getattr(self, name)!r}.")
         if not any(getattr(self, name) for name in weights):
             raise ValueError(f"At least one of {', '.join(weights)} must be > 0 for the hidden-state objective.")
 

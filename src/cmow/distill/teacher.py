@@ -125,6 +125,19 @@ def check_compatibility(
         )
 
 
+def check_sequence_length(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
+    """Raise a ``ValueError`` if texts of ``max_seq_length`` tokens exceed what the teacher's positions cover."""
+    limits = {"the teacher's max_position_embeddings": getattr(teacher.config, "max_position_embeddings", None)}
+    if tokenizer.model_max_length < 1_000_000:  # unset, it is a huge placeholder
+        limits["the tokenizer's model_max_length"] = tokenizer.model_max_length
+    for name, limit in limits.items():
+        if limit is not None and max_seq_length > limit:
+            raise ValueError(
+                f"max_seq_length={max_seq_length} exceeds {name} ({limit}): the teacher cannot read texts that "
+                f"long. Pass --max-seq-length {limit} or less."
+            )
+
+
 @torch.no_grad()
 def teacher_targets(
     teacher: PreTrainedModel, batch: dict, objective: str, pooling: TeacherPooling, token_states: bool = True

@@ -3,8 +3,8 @@
 import contextlib
 import importlib.util
 import logging
+import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -14,20 +14,20 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from ..hub_cards import public_name
 from ..modeling_cmow import CMOWPreTrainedModel
 from ..training import LazyAdamW, clip_grad_norm, sparse_token_tables
 from .augmentation import add_word_order_copies
 from .cache import TeacherCache, fingerprint
+from .checkpoints import latest_checkpoint, prepare_output_dir, resume_latest, run_settings, save_checkpoint
 from .config import DistillationConfig
 from .corpus import Corpus, first_text, text_batches, texts_of
 from .initialization import initialize_student
 from .objectives import DistillationModule
 from .output import save_student
-from .teacher import TeacherPooling, check_compatibility, resolve_objective, teacher_targets
+from .teacher import TeacherPooling, check_compatibility, check_sequence_length, resolve_objective, teacher_targets
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
 
 
 class Progress:
@@ -43,19 +43,32 @@ class Progress:
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint folder with the highest step under ``output_dir/checkpoints``, if any."""
-    folders = sorted(Path(output_dir, CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return folders[-1] if folders else None
+def _finite_everywhere(accelerator: Accelerator, value: float) -> bool:
+    """Whether ``value`` is finite on every process: all of them must stop together, or DDP would hang."""
+    if accelerator.num_processes == 1:
+        return math.isfinite(value)
+    flag = torch.tensor([math.isfinite(value)], dtype=torch.long, device=accelerator.device)
+    return accelerator.gather(flag).min().item() == 1
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    accelerator.save_state(str(output_dir / CHECKPOINTS / f"step-{step}"))
-    if accelerator.is_main_process:
-        folders = sorted((output_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in folders[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+class TrainingDiverged(FloatingPointError):
+    """The loss or the weights became NaN or infinite: training stopped without saving them."""
+
+
+def _stop_diverged(what: str, step: int, output_dir: Path) -> TrainingDiverged:
+    kept = latest_checkpoint(output_dir)
+    kept = f"The last good checkpoint, {kept}, is kept" if kept else "No checkpoint was saved before"
+    return TrainingDiverged(
+        f"{what} at step {step}: training diverged (a learning rate too high, or non-finite weights or inputs) and "
+        f"was stopped without saving. {kept}; rerun with a lower --learning-rate and --overwrite-output-dir."
+    )
+
+
+def _check_finite_weights(module: torch.nn.Module, step: int, output_dir: Path) -> None:
+    """Raise ``TrainingDiverged`` rather than save non-finite weights."""
+    bad = [name for name, parameter in module.named_parameters() if not bool(torch.isfinite(parameter).all())]
+    if bad:
+        raise _stop_diverged(f"Non-finite weights in {', '.join(bad[:3])}", step, output_dir)
 
 
 def _tracker(report_to: str) -> str | None:
@@ -88,6 +101,7 @@ def distill_from_model(
     corpus_name: str | None = None,
     corpus_fingerprint: str | None = None,
     resume: bool = False,
+    overwrite_output_dir: bool = False,
     push_to_hub: str | None = None,
 ) -> CMOWPreTrainedModel:
     """Distil ``teacher`` into ``student`` on ``dataset`` and save the student to ``output_dir``.
@@ -108,7 +122,10 @@ def distill_from_model(
         corpus_fingerprint: Identifies the corpus's contents in the teacher cache's key (e.g.
             ``cmow.distill.corpus.corpus_fingerprint``); defaults to the dataset's ``datasets`` fingerprint, else
             ``corpus_name``.
-        resume: Continue from the latest checkpoint in ``output_dir/checkpoints``.
+        resume: Continue from the newest complete checkpoint in ``output_dir/checkpoints``, which must have been
+            written with the same settings (see ``cmow.distill.checkpoints``).
+        overwrite_output_dir: Start afresh in an ``output_dir`` that holds an earlier run (its checkpoints are
+            deleted); without it such a folder is refused.
         push_to_hub: A Hub repository id to upload the saved student to.
 
     Returns:
@@ -116,22 +133,33 @@ def distill_from_model(
 
     Raises:
         ValueError: if teacher, tokenizer, student and corpus do not fit together (before any training).
+        FileExistsError: if ``output_dir`` holds an earlier run and neither ``resume`` nor ``overwrite_output_dir``.
+        PermissionError: if ``output_dir`` is not writable (before any training).
+        TrainingDiverged: if the loss or the weights become non-finite; the last good checkpoint is kept.
     """
     config = config or DistillationConfig()
     teacher_pooling = teacher_pooling or TeacherPooling()
     output_dir = Path(output_dir)
     objective = resolve_objective(config.objective, teacher)
     check_compatibility(teacher, tokenizer, student, objective)
+    check_sequence_length(teacher, tokenizer, config.max_seq_length)
     first_text(dataset, config.text_column)
     if config.cache_dir and objective != "hidden":
         raise ValueError("The teacher cache works with the 'hidden' objective only: MLM targets change with masking.")
-    if resume and latest_checkpoint(output_dir) is None:
-        raise FileNotFoundError(f"Nothing to resume: no checkpoint under {output_dir / CHECKPOINTS}.")
+    teacher_name = public_name(teacher_name or teacher.config.name_or_path)
+    corpus_id = corpus_fingerprint or getattr(dataset, "_fingerprint", None) or corpus_name
+    if config.cache_dir and corpus_id is None:
+        raise ValueError("The teacher cache needs a corpus_name (the corpus's identity) to key the cache.")
 
-    # Set-up: accelerator, seeded module and optimizer, a frozen teacher on the same device.
+    # Set-up: accelerator, output folder, seeded module and optimizer, a frozen teacher on the same device.
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, log_with=_tracker(config.report_to), project_dir=str(output_dir)
     )
+    prepare_output_dir(
+        output_dir, resume=resume, overwrite=overwrite_output_dir, main_process=accelerator.is_main_process
+    )
+    accelerator.wait_for_everyone()
+    run = run_settings(config, teacher, teacher_name, student, corpus_id, accelerator.num_processes)
     set_seed(config.seed)
     if config.init == "static" and not resume:
         initialize_student(
@@ -177,18 +205,12 @@ def distill_from_model(
             "token_states": bool(config.alpha_token),
             "order_augmentation": config.order_augmentation,
         }
-        corpus_id = corpus_fingerprint or getattr(dataset, "_fingerprint", None) or corpus_name
-        if corpus_id is None:
-            raise ValueError("The teacher cache needs a corpus_name (the corpus's identity) to key the cache.")
         cache = TeacherCache(
             config.cache_dir, fingerprint(teacher, tokenizer, corpus_id, settings), accelerator.process_index
         )
     if resume:
-        checkpoint = latest_checkpoint(output_dir)
-        accelerator.load_state(str(checkpoint))
+        checkpoint = resume_latest(accelerator, output_dir, run)
         logger.info("Resumed from %s at step %d", checkpoint, progress.step)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     logger.info(
         "Distilling (%s objective) on %d process(es), %s", objective, accelerator.num_processes, accelerator.device
     )
@@ -249,8 +271,11 @@ def distill_from_model(
             with contextlib.nullcontext() if sync else accelerator.no_sync(module):
                 with accelerator.autocast():
                     terms = module(batch, targets)
+                loss = terms["loss"].item()
+                if not _finite_everywhere(accelerator, loss):
+                    raise _stop_diverged(f"The loss is not finite ({loss} here)", progress.step + 1, output_dir)
                 accelerator.backward(terms["loss"] / accumulation)
-            window["loss"] += terms["loss"].item()
+            window["loss"] += loss
             window["texts"] += len(texts) * accelerator.num_processes
             window["micro"] += 1
             if not sync:
@@ -281,7 +306,8 @@ def distill_from_model(
                 window = {"loss": 0.0, "texts": 0, "micro": 0, "start": time.perf_counter()}
             done = progress.step >= total
             if (config.save_steps and progress.step % config.save_steps == 0) or progress.step == config.stop_at_step:
-                _save_checkpoint(accelerator, output_dir, progress.step, config.save_total_limit)
+                _check_finite_weights(module, progress.step, output_dir)
+                save_checkpoint(accelerator, output_dir, progress.step, config.save_total_limit, run)
         if not done:
             progress.epoch += 1
             progress.batches_in_epoch = 0
@@ -297,12 +323,13 @@ def distill_from_model(
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(module).student
     sparse_mode.close()
+    _check_finite_weights(student, progress.step, output_dir)
     if progress.step != config.stop_at_step and accelerator.is_main_process:
         save_student(
             student,
             tokenizer,
             output_dir,
-            teacher=teacher_name or teacher.config.name_or_path,
+            teacher=teacher_name,
             objective=objective,
             config=config,
             steps=progress.step,
