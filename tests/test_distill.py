@@ -268,6 +268,12 @@ def test_teacher_cache_misses_after_the_corpus_file_is_rewritten(tiny_tokenizer,
     assert len(list((tmp_path / "cache").iterdir())) == 2  # two keys: no stale targets were read
 
 
+def test_a_missing_teacher_folder_is_named_before_anything_loads(tmp_path):
+    for teacher in (str(tmp_path / "no-teacher"), "./no-teacher", "models/bert/base"):
+        with pytest.raises(FileNotFoundError, match="Teacher folder .* does not exist"):
+            distill(teacher, [str(tmp_path / "unread.txt")], tmp_path / "out")
+
+
 def test_sentence_transformers_pooling_is_read_from_the_folder(teacher_path, tmp_path):
     assert read_pooling(teacher_path) == TeacherPooling("mean", normalize=True)
     assert read_pooling(tmp_path) is None

@@ -187,6 +187,37 @@ def test_local_tsv_loader(name, shared_data):
         assert all(text.strip() for text in split["text_a"][:200])
 
 
+BAD_ROWS = {
+    "a stray tab": ("sentence\tlabel\ngood\t1\tx\nbad\t0\n", r"line 2: 3 tab-separated fields where line 1 has 2"),
+    "a later stray tab": ("sentence\tlabel\ngood\t1\nbad\t0\tx\ty\n", r"line 3: 4 tab-separated fields"),
+    "a missing label": ("sentence\tlabel\ngood\t1\nbad\t\n", r"line 3: unknown SST-2 label ''"),
+    "no label column": ("sentence\tscore\ngood\t1\n", r"lacks the SST-2 columns \['label'\]"),
+    "an empty file": ("", "holds no examples"),
+    "only a header": ("sentence\tlabel\n", "holds no examples"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_malformed_glue_files_name_the_file_and_line(case, tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+    content, message = BAD_ROWS[case]
+    (tmp_path / "SST-2" / "dev.tsv").write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_glue("SST-2", tmp_path)
+    assert str(tmp_path / "SST-2" / "dev.tsv") in str(error.value)
+
+
+def test_a_non_numeric_sts_b_score_names_the_line(tmp_path):
+    (tmp_path / "STS-B").mkdir()
+    row = "\t".join(["x"] * 7)
+    for name, score in (("train.tsv", "4.5"), ("dev.tsv", "high")):
+        header = "\t".join(f"c{i}" for i in range(10))
+        (tmp_path / "STS-B" / name).write_text(f"{header}\n{row}\ta\tb\t3.0\n{row}\tc\td\t{score}\n")
+    with pytest.raises(ValueError, match=r"dev.tsv, line 3: the STS-B score 'high' is not a number"):
+        load_glue("STS-B", tmp_path)
+
+
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 

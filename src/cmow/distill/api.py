@@ -33,6 +33,21 @@ def teacher_pooling(teacher: str) -> TeacherPooling:
     return pooling or TeacherPooling()
 
 
+def check_teacher_exists(teacher: str) -> None:
+    """Raise a ``FileNotFoundError`` for a teacher that is meant as a local folder (not a Hub id) but is missing.
+
+    A Hub id is ``name`` or ``namespace/name``; anything else (an absolute or ``./`` path, more than one ``/``) can
+    only be a folder, and transformers' error for it would be about the form of Hub ids.
+    """
+    if Path(teacher).expanduser().exists():
+        return
+    looks_like_path = teacher.startswith(("/", ".", "~")) or teacher.count("/") > 1 or "\\" in teacher
+    if looks_like_path:
+        raise FileNotFoundError(
+            f"Teacher folder {teacher} does not exist: pass an existing folder or a Hub id (namespace/name)."
+        )
+
+
 def distill(
     teacher: str | None = None,
     corpus: str | os.PathLike | list | None = None,
@@ -66,6 +81,7 @@ def distill(
     """
     config = config or DistillationConfig()
     teacher = str(teacher or default_teacher())
+    check_teacher_exists(teacher)
     if corpus is None:
         dataset, corpus_name, digest = default_corpus()
         contents = f"{corpus_name} {digest}"

@@ -82,9 +82,32 @@ def get_task(name: str) -> GlueTask:
     raise ValueError(f"Unknown GLUE task {name!r}; choose one of {', '.join(TASKS)}.")
 
 
+def _check_tsv_rows(path: Path, has_header: bool) -> None:
+    """Raise a ``ValueError`` naming the first line whose number of fields differs from the first line's.
+
+    GLUE TSVs hold one example per line and are not quoted, so a stray tab or a line break inside a text shows as a
+    line with another number of fields (pandas would fail on some with a bare ``ParserError``, and read a longer
+    first row as an index column without any error).
+    """
+    with path.open(encoding="utf-8-sig") as lines:
+        rows = ((number, line.rstrip("\r\n")) for number, line in enumerate(lines, start=1))
+        rows = [(number, line) for number, line in rows if line]
+    if len(rows) <= has_header:
+        raise ValueError(f"GLUE file {path} holds no examples: restore it from the GLUE download.")
+    expected = rows[0][1].count("\t") + 1
+    for number, line in rows:
+        fields = line.count("\t") + 1
+        if fields != expected:
+            raise ValueError(
+                f"{path}, line {number}: {fields} tab-separated fields where line {rows[0][0]} has {expected}. A GLUE "
+                "TSV holds one example per line: fix the stray tab or line break, or restore the file."
+            )
+
+
 def _load_tsv_split(task: GlueTask, path: Path) -> datasets.Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"GLUE file {path} is missing: is {path.parent.parent} a GLUE TSV folder?")
+    _check_tsv_rows(path, task.has_header)
     header = "infer" if task.has_header else None
     # GLUE TSVs are not CSV-quoted: quotes are part of the text. Read the used columns as text (a sentence may be "1").
     raw = datasets.load_dataset(
@@ -99,20 +122,36 @@ def _load_tsv_split(task: GlueTask, path: Path) -> datasets.Dataset:
         split="train",
     )
     names = raw.column_names
+    missing = [c for c in task.tsv_columns if isinstance(c, str) and c not in names]
+    if missing or max((c for c in task.tsv_columns if isinstance(c, int)), default=-1) >= len(names):
+        raise ValueError(
+            f"{path} lacks the {task.name} columns {missing or task.tsv_columns} (its columns: {names}): is it the "
+            f"{task.name} file of the GLUE download?"
+        )
     text_a, text_b, label = (names[c] if isinstance(c, int) else c for c in task.tsv_columns)
-    return _standardise(raw, task, text_a, text_b, label)
+    return _standardise(raw, task, text_a, text_b, label, f"{path}, line", 2 if task.has_header else 1)
 
 
 def _standardise(
-    raw: datasets.Dataset, task: GlueTask, text_a: str, text_b: str | None, label: str
+    raw: datasets.Dataset, task: GlueTask, text_a: str, text_b: str | None, label: str, rows: str, first_row: int
 ) -> datasets.Dataset:
-    def convert(row: dict) -> dict:
+    """The standard columns; an error about a label names its row as ``f"{rows} {index + first_row}"``."""
+
+    def where(index: int) -> str:
+        return f"{rows} {index + first_row}"
+
+    def convert(row: dict, index: int) -> dict:
         value = row[label]
         if task.is_regression:
-            target = float(value)
+            try:
+                target = float(value)
+            except ValueError:
+                raise ValueError(f"{where(index)}: the {task.name} score {value!r} is not a number.") from None
         elif isinstance(value, str):
             if value not in task.label_names:
-                raise ValueError(f"{task.name}: unknown label {value!r}; expected one of {task.label_names}.")
+                raise ValueError(
+                    f"{where(index)}: unknown {task.name} label {value!r}; expected one of {task.label_names}."
+                )
             target = task.label_names.index(value)
         else:  # the Hub's ClassLabel ids
             target = int(value)
@@ -127,7 +166,7 @@ def _standardise(
     features["label"] = (
         datasets.Value("float32") if task.is_regression else datasets.ClassLabel(names=list(task.label_names))
     )
-    return raw.map(convert, remove_columns=raw.column_names, features=datasets.Features(features))
+    return raw.map(convert, with_indices=True, remove_columns=raw.column_names, features=datasets.Features(features))
 
 
 def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
@@ -148,7 +187,7 @@ def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> data
         text_a, text_b = task.hub_columns
         return datasets.DatasetDict(
             {
-                split: _standardise(hub[source], task, text_a, text_b, "label")
+                split: _standardise(hub[source], task, text_a, text_b, "label", f"{HUB_DATASET} {source} row", 0)
                 for split, source in (("train", "train"), ("validation", validation))
             }
         )
