@@ -7,6 +7,7 @@ runs where ``import cmow`` fails, as for a user without the package: only the re
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -93,11 +94,11 @@ def checkpoint(tmp_path_factory, tokenizer):
     return folder
 
 
-def run_client(code: str, hub: HubServer, tmp_path, token: str | None = None) -> dict:
-    """Run ``code`` in a fresh Python pointed at ``hub``; it prints one JSON line, returned as a dict."""
+def client_process(code: str, endpoint: str, tmp_path, token: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python whose Hub is ``endpoint``, without any stored login."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(
-        HF_ENDPOINT=hub.url,
+        HF_ENDPOINT=endpoint,
         HF_HOME=str(tmp_path / "hf_home"),
         HF_HUB_OFFLINE="0",
         HF_HUB_DISABLE_XET="1",
@@ -106,9 +107,14 @@ def run_client(code: str, hub: HubServer, tmp_path, token: str | None = None) ->
     )
     if token is not None:
         env["HF_TOKEN"] = token
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
     )
+
+
+def run_client(code: str, hub: HubServer, tmp_path, token: str | None = None) -> dict:
+    """Run ``code`` in a fresh Python pointed at ``hub``; it prints one JSON line, returned as a dict."""
+    result = client_process(code, hub.url, tmp_path, token)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -229,3 +235,25 @@ def test_only_complete_safetensors_folders_are_pushed(checkpoint, tmp_path):
     (folder / "modeling_cmow.py").unlink()
     with pytest.raises(FileNotFoundError, match="modeling_cmow.py"):
         files_to_upload(folder)
+
+
+PUSH_ERRORS = """
+from cmow.hub import push_to_hub
+for endpoint in ({endpoints!r}):
+    try:
+        push_to_hub({folder!r}, "alice/anything", endpoint=endpoint)
+    except (PermissionError, ConnectionError) as error:
+        print(type(error).__name__ + ": " + str(error))
+"""
+
+
+def test_push_without_a_token_or_to_an_unreachable_hub_says_what_to_do(hub, checkpoint, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    code = PUSH_ERRORS.format(endpoints=(hub.url, closed), folder=str(checkpoint))
+    result = client_process(code, hub.url, tmp_path)  # no HF_TOKEN, no stored login
+    no_token, unreachable = result.stdout.splitlines()
+    assert no_token.startswith("PermissionError:") and "401" in no_token and "hf auth login" in no_token
+    assert unreachable.startswith(f"ConnectionError: Cannot reach the Hub at {closed}")
+    assert "alice/anything" not in hub.state.repos

@@ -128,8 +128,18 @@ def test_bad_input_gets_a_clear_error(checkpoint, tmp_path):
         write_model_card(checkpoint, speed={"student": 10.0})
     with pytest.raises(TypeError, match="dataclass"):
         non_default_args(["lr", 1])
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
         write_model_card(tmp_path / "nothing-here")
+
+
+def test_cli_refuses_a_folder_of_another_model(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="holds a 'bert' model, not a cmow one"):
+        main(["card", str(tmp_path)])
 
 
 def test_non_default_args_keeps_required_and_changed_fields():

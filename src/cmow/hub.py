@@ -6,12 +6,15 @@ We upload the folder ourselves (``HfApi.create_repo`` + ``create_commit``) rathe
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 from .configuration_cmow import AUTO_MAP
 
@@ -29,6 +32,37 @@ TOKENIZER_FILES = (
 )
 OTHER_FILES = ("config.json", "README.md", "cmow_training.json", "generation_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# The HTTP library's base error (httpx's, httpx2's in huggingface_hub 2): unreachable hosts raise it, not
+# HfHubHTTPError, which derives from it. Taken from HfHubHTTPError so either library version works.
+HTTP_ERROR = HfHubHTTPError.__mro__[1]
+LOGIN_HINT = (
+    "log in with `hf auth login`, or set $HF_TOKEN to a token with write access (huggingface.co/settings/tokens)"
+)
+
+
+@contextlib.contextmanager
+def _explained_hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
+    """Turn an unreachable Hub and a refused token into errors that say what to do."""
+    try:
+        yield
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            raise PermissionError(
+                f"The Hub at {api.endpoint} refused the upload to {repo_id} (401 Unauthorized: no valid token): "
+                f"{LOGIN_HINT}."
+            ) from error
+        if status == 403:
+            raise PermissionError(
+                f"The Hub at {api.endpoint} refused the upload to {repo_id} (403 Forbidden: this token cannot write "
+                f"there): use a repo in your own namespace or an organisation you can write to, or {LOGIN_HINT}."
+            ) from error
+        raise
+    except HTTP_ERROR as error:
+        raise ConnectionError(
+            f"Cannot reach the Hub at {api.endpoint} ({type(error).__name__}: {error}): check the network connection, "
+            "or $HF_ENDPOINT if it is set."
+        ) from error
 
 
 def files_to_upload(folder: str | os.PathLike) -> list[Path]:
@@ -91,15 +125,20 @@ def push_to_hub(
 
     Returns:
         The commit, with ``commit_url`` and ``oid``.
+
+    Raises:
+        PermissionError: if the Hub refuses the token (or its absence), with how to log in.
+        ConnectionError: if the Hub cannot be reached.
     """
     files = files_to_upload(folder)
     api = HfApi(endpoint=endpoint, token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in files]
-    logger.info("Uploading %s to %s: %s", folder, repo_id, ", ".join(p.name for p in files))
-    commit = api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision)
+    with _explained_hub_errors(api, repo_id):
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in files]
+        logger.info("Uploading %s to %s: %s", folder, repo_id, ", ".join(p.name for p in files))
+        commit = api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision)
     logger.info("Pushed %s", commit.commit_url)
     return commit
 

@@ -220,8 +220,22 @@ def write_model_card(
 
     Returns:
         The path of the written README.md.
+
+    Raises:
+        FileNotFoundError: if ``folder`` has no ``config.json``.
+        ValueError: if it holds another kind of model than cmow.
     """
     folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json: pass a folder written by a cmow model's save_pretrained."
+        )
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != CMOWConfig.model_type:
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model, not a cmow one: cmow writes cards for cmow checkpoints only."
+        )
     config = CMOWConfig.from_pretrained(folder)
     distillation = dict(config.distillation or {})
     recorded_objective = distillation.pop("objective", None)
