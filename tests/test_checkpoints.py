@@ -42,16 +42,16 @@ def assert_same_weights(folder, reference):
 def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(tiny_tokenizer, tmp_path):
     run(tiny_tokenizer, tmp_path, run_config(max_steps=10, save_steps=3))
     assert steps(tmp_path) == ["step-6", "step-9"]
-    second = run_config(max_steps=30, save_steps=2, seed=7, stop_at_step=4)
+    second = run_config(max_steps=12, save_steps=2, seed=7, stop_at_step=4)
     with pytest.raises(FileExistsError, match=r"checkpoints \(step-6, step-9\) of an earlier run.*--resume"):
         run(tiny_tokenizer, tmp_path, second)
     assert steps(tmp_path) == ["step-6", "step-9"]  # nothing touched
 
     run(tiny_tokenizer, tmp_path, second, overwrite_output_dir=True)
     assert steps(tmp_path) == ["step-2", "step-4"]  # only the new run's: the old ones were deleted first
-    run(tiny_tokenizer, tmp_path, run_config(max_steps=30, save_steps=2, seed=7), resume=True)
+    run(tiny_tokenizer, tmp_path, run_config(max_steps=12, save_steps=2, seed=7), resume=True)
     saved = json.loads((tmp_path / "config.json").read_text())["distillation"]
-    assert (saved["seed"], saved["steps"]) == (7, 30)
+    assert (saved["seed"], saved["steps"]) == (7, 12)
 
     finished = tmp_path / "finished"  # a saved model without checkpoints is an earlier run too
     run(tiny_tokenizer, finished, run_config(max_steps=2))
