@@ -21,6 +21,14 @@ def test_hidden_size_is_derived_from_the_encoder(encoder, bidirectional, hidden)
     assert config.num_embedding_parameters == 99 * hidden
 
 
+def test_ngrams_keep_the_width_and_add_their_table_to_the_parameter_count():
+    config = CMOWConfig(vocab_size=99, matrix_size=4, cbow_size=5, ngram_orders=(3, 2), ngram_buckets=17)
+    assert config.ngram_orders == [2, 3]
+    assert config.hidden_size == 37  # as without n-grams
+    assert config.num_embedding_parameters == 99 * 37 + 18 * 5  # 17 buckets and the padding row
+    assert CMOWModel(config).num_parameters() == config.num_embedding_parameters
+
+
 @pytest.mark.parametrize(("pair_encoding", "factor"), [("joint", 1), ("diffcat", 3), ("diffcat_prod", 4)])
 def test_classifier_input_size_follows_the_pair_encoding(pair_encoding, factor):
     config = CMOWConfig(vocab_size=99, matrix_size=4, cbow_size=5, pair_encoding=pair_encoding)
@@ -41,6 +49,10 @@ def test_classifier_input_size_follows_the_pair_encoding(pair_encoding, factor):
         ({"pad_token_id": 99, "vocab_size": 99}, "pad_token_id"),
         ({"initializer_range": -0.1}, "initializer_range"),
         ({"problem_type": "ranking"}, "single_label_classification"),
+        ({"ngram_orders": (1, 2)}, "integers >= 2"),
+        ({"ngram_orders": (2, 2)}, "distinct"),
+        ({"ngram_orders": (2,), "encoder": "cmow"}, "encoder 'cbow' or 'hybrid'"),
+        ({"ngram_buckets": 0}, "ngram_buckets"),
     ],
 )
 def test_invalid_values_raise_and_name_the_allowed_ones(kwargs, message):

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from cmow import CMOWConfig, CMOWForMaskedLM, CMOWForSequenceClassification, CMOWModel
-from cmow.modeling_cmow import normalize_product, prefix_products, tree_product
+from cmow.modeling_cmow import ngram_bucket_ids, normalize_product, prefix_products, tree_product
 from conftest import BATCH, CBOW, PAD, SEP, SEQ, VOCAB, D, random_ids, tiny_config
 
 ENCODERS = [("cbow", False), ("cmow", False), ("cmow", True), ("hybrid", False), ("hybrid", True)]
@@ -217,6 +217,124 @@ def test_pair_encoding_of_a_padded_batch_equals_each_pair_alone():
     torch.testing.assert_close(logits[1:2], alone, rtol=0, atol=1e-5)
 
 
+# --- hashed n-grams ------------------------------------------------------------------------------------------------
+
+
+def ngram_config(**overrides):
+    return tiny_config(**{"ngram_orders": (2, 3), "ngram_buckets": 17, **overrides})
+
+
+def with_random_ngrams(model):
+    """N-gram vectors start at zero; give them values so that a wrong n-gram shows in the outputs."""
+    for module in model.modules():
+        if module.__class__.__name__ == "NgramEmbedding":
+            with torch.no_grad():
+                module.weight[:-1].normal_()
+    return model
+
+
+def hashed(tokens: list[int], buckets: int) -> int:
+    """The documented hash in plain Python integers."""
+    value = len(tokens)
+    for token in tokens:
+        value = (value ^ (token + 1)) * 1540483477 % (2**31 - 1)
+    value = (value ^ (value >> 16)) * 668265263 % (2**31 - 1)
+    return (value ^ (value >> 13)) % buckets
+
+
+def test_ngram_hash_has_known_values():
+    ids, mask = torch.tensor([[5, 7, 9]]), torch.ones(1, 3, dtype=torch.bool)
+    # Hand-computed with the formula in the docstring; position 0 has no bigram (the padding bucket, 1000).
+    assert ngram_bucket_ids(ids, mask, 2, 1000).tolist() == [[1000, 97, 859]]
+    assert ngram_bucket_ids(ids, mask, 3, 1000).tolist() == [[1000, 1000, 601]]
+    assert hashed([5, 7], 1000) == 97 and hashed([5, 7, 9], 1000) == 601
+    assert ngram_bucket_ids(ids, mask, 2, 2**18)[0, 1] == 39897
+    # The documented formula, for every n-gram of a random batch.
+    ids, mask = random_ids(seq=9), torch.ones(BATCH, 9, dtype=torch.bool)
+    buckets = ngram_bucket_ids(ids, mask, 3, 2**20)
+    for row in range(BATCH):
+        assert buckets[row, 2:].tolist() == [hashed(ids[row, i - 2 : i + 1].tolist(), 2**20) for i in range(2, 9)]
+
+
+def hash_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and a mask with holes, for comparing the hash across processes."""
+    generator = torch.Generator().manual_seed(7)
+    return torch.randint(30522, (4, 10), generator=generator), torch.rand(4, 10, generator=generator) < 0.9
+
+
+@pytest.mark.parametrize("cbow_pooling", ["mean", "sum"])
+def test_ngrams_are_summed_into_the_cbow_bag(cbow_pooling):
+    config = ngram_config(encoder="cbow", bidirectional=False, cbow_pooling=cbow_pooling)
+    model = with_random_ngrams(CMOWModel(config)).eval()
+    input_ids = random_ids()
+    table, vectors = model.encoder.ngram_embeddings.weight, model.encoder.cbow_embeddings.weight
+    expected_tokens = []
+    for row in input_ids.tolist():
+        running, states = torch.zeros(CBOW), []
+        for i in range(SEQ):
+            running = running + vectors[row[i]]
+            for n in (2, 3):
+                if i >= n - 1:
+                    running = running + table[hashed(row[i - n + 1 : i + 1], 17)]
+            states.append(running / (i + 1) if cbow_pooling == "mean" else running)
+        expected_tokens.append(torch.stack(states))
+    expected_tokens = torch.stack(expected_tokens)  # (batch, seq, cbow)
+    output = model(input_ids)
+    torch.testing.assert_close(output.last_hidden_state, expected_tokens, rtol=1e-5, atol=1e-5)
+    pooled = model(input_ids, output_token_states=False).pooler_output
+    torch.testing.assert_close(pooled, expected_tokens[:, -1], rtol=1e-5, atol=1e-5)
+    assert config.hidden_size == CBOW  # n-grams add to the bag, not to the width
+
+
+@pytest.mark.parametrize("cbow_pooling", ["mean", "sum"])
+def test_ngrams_never_cross_padding_on_either_side(cbow_pooling):
+    model = with_random_ngrams(CMOWModel(ngram_config(cbow_pooling=cbow_pooling))).eval()
+    lengths = [SEQ, 2, 1]
+    texts = random_ids()
+    right, left = torch.full((BATCH, SEQ + 2), PAD), torch.full((BATCH, SEQ + 2), PAD)
+    for row, length in enumerate(lengths):
+        right[row, :length] = texts[row, :length]
+        left[row, SEQ + 2 - length :] = texts[row, :length]
+    for token_states in (True, False):
+        by_right = model(right, right != PAD, output_token_states=token_states).pooler_output
+        by_left = model(left, left != PAD, output_token_states=token_states).pooler_output
+        for row, length in enumerate(lengths):
+            alone = model(texts[row : row + 1, :length], output_token_states=token_states).pooler_output[0]
+            torch.testing.assert_close(by_right[row], alone, rtol=0, atol=1e-5)
+            torch.testing.assert_close(by_left[row], alone, rtol=0, atol=1e-5)
+    states = model(right, right != PAD).last_hidden_state
+    alone = model(texts[1:2, :2]).last_hidden_state
+    torch.testing.assert_close(states[1, :2], alone[0], rtol=0, atol=1e-5)
+
+
+def test_ngrams_stay_within_each_side_of_a_pair():
+    model = with_random_ngrams(CMOWForSequenceClassification(ngram_config(num_labels=3, pair_encoding="diffcat")))
+    model.eval()
+    inputs = pair_batch(split=4)
+    features = model.pooled_features(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+    a = model.cmow(inputs["input_ids"][:, :4]).pooler_output
+    b = model.cmow(inputs["input_ids"][:, 4:]).pooler_output
+    torch.testing.assert_close(features, torch.cat([a, b, (a - b).abs()], dim=-1), rtol=0, atol=1e-5)
+
+
+def test_ngram_vectors_start_at_zero_so_adding_ngrams_to_a_checkpoint_keeps_its_outputs(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2)).eval()
+    model.save_pretrained(tmp_path)
+    with_ngrams = CMOWForSequenceClassification.from_pretrained(tmp_path, ngram_orders=[2], ngram_buckets=17).eval()
+    assert torch.equal(with_ngrams.cmow.encoder.ngram_embeddings.weight, torch.zeros(18, CBOW))
+    input_ids = random_ids()
+    torch.testing.assert_close(with_ngrams(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
+
+
+def test_ngram_table_survives_save_and_load(tmp_path):
+    model = with_random_ngrams(CMOWForSequenceClassification(ngram_config(num_labels=2))).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.ngram_orders == [2, 3] and loaded.config.ngram_buckets == 17
+    input_ids = random_ids()
+    torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
+
+
 # --- numerics -------------------------------------------------------------------------------------------------------
 
 
@@ -404,18 +522,27 @@ REMOTE_CODE_CHECK = textwrap.dedent(
         assert torch.equal(classifier(**inputs).logits, expected["logits"])
         assert torch.equal(base(inputs["input_ids"]).pooler_output, expected["pooled"])
         assert masked_lm(inputs["input_ids"]).logits.shape[-1] == 99
+    # The n-gram hash of the shipped code, in this process (another PYTHONHASHSEED), equals the package's.
+    ngram_bucket_ids = sys.modules[type(base).__module__].ngram_bucket_ids
+    for order, buckets in expected["ngram_buckets"].items():
+        assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], order, 2**20), buckets), order
     print("remote code OK")
     """
 )
 
 
-def test_remote_code_loads_every_auto_class_without_cmow_installed(tmp_path):
-    # With a pooler (embedding_size), as distilled students have: its projection must travel with the remote code.
-    model = CMOWForSequenceClassification(tiny_config(num_labels=3, pair_encoding="diffcat", embedding_size=13)).eval()
+def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ngrams_alike(tmp_path):
+    # With a pooler (embedding_size), as distilled students have, and hashed n-grams: both must travel with the code.
+    config = ngram_config(num_labels=3, pair_encoding="diffcat", embedding_size=13)
+    model = with_random_ngrams(CMOWForSequenceClassification(config)).eval()
     model.save_pretrained(tmp_path / "checkpoint")
     inputs = pair_batch()
     with torch.inference_mode():
         expected = {"logits": model(**inputs).logits, "pooled": model.cmow(inputs["input_ids"]).pooler_output}
+    # Hashes of n-grams up to order 4, compared with the remote code's in another process.
+    expected["hash_inputs"] = hash_inputs()
+    expected["ngram_buckets"] = {n: ngram_bucket_ids(*expected["hash_inputs"], n, 2**20) for n in (2, 3, 4)}
+    assert len(expected["ngram_buckets"][2].unique()) > 20  # not a constant
     torch.save(inputs, tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")
     result = subprocess.run(
@@ -429,7 +556,12 @@ def test_remote_code_loads_every_auto_class_without_cmow_installed(tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONHASHSEED": "12345",
+        },
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

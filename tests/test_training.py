@@ -6,6 +6,7 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from cmow import CMOWForSequenceClassification
+from cmow.modeling_cmow import ngram_bucket_ids
 from cmow.training import CMOWTrainer, LazyAdamW, clip_grad_norm, sparse_token_tables, token_tables
 from conftest import PAD, VOCAB, random_ids, tiny_config
 
@@ -74,6 +75,19 @@ def test_sparse_token_tables_restores_dense_gradients():
     assert not any(table.sparse for table in token_tables(model))
 
 
+def test_the_ngram_table_is_a_token_table_with_sparse_gradients_for_the_ngrams_seen():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, ngram_orders=(2,), ngram_buckets=50))
+    ngrams = model.cmow.encoder.ngram_embeddings
+    assert len(token_tables(model)) == 4 and ngrams in token_tables(model)
+    input_ids = random_ids()
+    input_ids[0, 5:] = PAD
+    with sparse_token_tables(model):
+        model(input_ids, labels=torch.tensor([0, 1, 1])).loss.backward()
+    seen = ngram_bucket_ids(input_ids, input_ids != PAD, 2, 50)
+    rows = ngrams.weight.grad.coalesce().indices()[0]
+    assert ngrams.weight.grad.is_sparse and set(rows.tolist()) == set(seen[seen != 50].tolist())  # no padding row
+
+
 def _rows(count: int) -> Dataset:
     ids = random_ids(batch=count, seq=6, generator_seed=1)
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
@@ -110,6 +124,19 @@ def test_cmow_trainer_trains_with_sparse_gradients_and_clipping(tmp_path):
     assert len(norms) == 12 and all(torch.isfinite(torch.tensor(norms)))
     torch.testing.assert_close(model.cmow.encoder.cmow_embeddings.weight[unused], before, rtol=0, atol=0)
     assert not any(table.sparse for table in token_tables(model))  # a later stock optimizer still works
+
+
+def test_cmow_trainer_trains_the_ngrams_of_the_data_and_no_other_bucket(tmp_path):
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, ngram_orders=(2, 3), ngram_buckets=4099))
+    data = _rows(24)
+    ids = torch.tensor(data["input_ids"])
+    seen = {bucket for n in (2, 3) for bucket in ngram_bucket_ids(ids, ids != PAD, n, 4099).flatten().tolist()}
+    unseen = sorted(set(range(4100)) - seen)
+    CMOWTrainer(model=model, args=_args(tmp_path), train_dataset=data).train()
+    table = model.cmow.encoder.ngram_embeddings.weight
+    assert table[sorted(seen - {4099})].abs().sum(dim=1).gt(0).all()  # every n-gram of the data learnt something
+    assert torch.equal(table[unseen], torch.zeros(len(unseen), table.shape[1]))  # still at their zero init
+    assert torch.equal(table[4099], torch.zeros(table.shape[1]))  # the padding row
 
 
 @pytest.mark.parametrize("sparse", [True, False])

@@ -34,6 +34,19 @@ def _check_probability(name: str, value) -> None:
         raise ValueError(f"`{name}` must be in [0, 1); got {value!r}.")
 
 
+def _check_ngram_orders(orders, encoder: str) -> list[int]:
+    """``orders`` as a sorted list of distinct integers >= 2; n-grams need the CBOW bag they are added to."""
+    orders = list(orders or ())
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in orders) or len(set(orders)) < len(orders):
+        raise ValueError(
+            f"`ngram_orders` must be distinct integers >= 2 (unigrams are the token vectors), e.g. (2, 3); "
+            f"got {orders!r}."
+        )
+    if orders and encoder == "cmow":
+        raise ValueError("`ngram_orders` adds n-grams to the CBOW bag: use encoder 'cbow' or 'hybrid'.")
+    return sorted(orders)
+
+
 class CMOWConfig(PretrainedConfig):
     r"""Configuration of a CMOW / CBOW / Hybrid matrix-embedding encoder and its heads.
 
@@ -50,6 +63,12 @@ class CMOWConfig(PretrainedConfig):
         matrix_size: Side ``d`` of the token matrices; a matrix contributes ``d * d`` features.
         cbow_size: Size of the CBOW token vectors.
         cbow_pooling: ``"mean"`` or ``"sum"`` of the token vectors (per-token outputs are prefix means or sums).
+        ngram_orders: Orders ``n >= 2`` of hashed token n-grams added to the CBOW bag, e.g. ``(2, 3)``; empty: none.
+            Each n-gram of consecutive token ids inside a text owns a ``cbow_size`` vector in one table of
+            ``ngram_buckets`` rows, found by a fixed integer hash (``modeling_cmow.ngram_bucket_ids``), and is summed
+            into the CBOW part with the token vectors (with mean pooling the divisor stays the number of tokens).
+            The width of the model does not change. Needs a CBOW part (encoder "cbow" or "hybrid").
+        ngram_buckets: Hash buckets (rows) of the n-gram table; it holds ``ngram_buckets * cbow_size`` parameters.
         initializer_range: Standard deviation of the noise added to the identity when initialising token matrices,
             and of the normal initialisation of CBOW vectors and linear layers.
         hidden_dropout_prob: Dropout on the encoder's outputs.
@@ -79,6 +98,8 @@ class CMOWConfig(PretrainedConfig):
         matrix_size: int = 20,
         cbow_size: int = 400,
         cbow_pooling: str = "mean",
+        ngram_orders: tuple[int, ...] | list[int] = (),
+        ngram_buckets: int = 2**18,
         initializer_range: float = 0.01,
         hidden_dropout_prob: float = 0.0,
         embedding_size: int | None = None,
@@ -97,6 +118,8 @@ class CMOWConfig(PretrainedConfig):
         _check_positive("matrix_size", matrix_size)
         _check_positive("cbow_size", cbow_size)
         _check_choice("cbow_pooling", cbow_pooling, CBOW_POOLINGS)
+        ngram_orders = _check_ngram_orders(ngram_orders, encoder)
+        _check_positive("ngram_buckets", ngram_buckets)
         if embedding_size is not None:
             _check_positive("embedding_size", embedding_size)
         _check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
@@ -121,6 +144,8 @@ class CMOWConfig(PretrainedConfig):
         self.matrix_size = matrix_size
         self.cbow_size = cbow_size
         self.cbow_pooling = cbow_pooling
+        self.ngram_orders = ngram_orders
+        self.ngram_buckets = ngram_buckets
         self.initializer_range = initializer_range
         self.hidden_dropout_prob = hidden_dropout_prob
         self.embedding_size = embedding_size
@@ -190,8 +215,9 @@ class CMOWConfig(PretrainedConfig):
 
     @property
     def num_embedding_parameters(self) -> int:
-        """Parameters of the token tables (matrices and vectors)."""
-        return self.vocab_size * self.hidden_size
+        """Parameters of the token tables (matrices and vectors) and of the n-gram table (with its padding row)."""
+        ngrams = (self.ngram_buckets + 1) * self.cbow_size if self.ngram_orders else 0
+        return self.vocab_size * self.hidden_size + ngrams
 
 
 __all__ = ["CMOWConfig"]

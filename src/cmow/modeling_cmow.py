@@ -2,6 +2,7 @@
 
 A text is the ordered product of its tokens' d x d matrices (CMOW), optionally concatenated with the sum or mean of
 its tokens' vectors (CBOW); the bidirectional variant adds a second matrix table multiplied in reverse order.
+Optionally hashed token n-grams (``config.ngram_orders``) add their vectors to the CBOW bag.
 
 Numerics: a product of many matrices overflows or vanishes. Every partial product is rescaled to the Frobenius norm
 of the identity, ``sqrt(d)``. Rescaling commutes with multiplication, so whatever the order of the reduction the
@@ -162,12 +163,73 @@ def matrices_of_no_texts(table: MatrixEmbedding) -> torch.Tensor:
     return torch.zeros(0, table.matrix_size**2, device=table.weight.device)
 
 
+# The n-gram hash is exact int64 arithmetic on values below 2**31 (every product stays below 2**62), so it is the
+# same on every platform, device and process, unlike Python's salted ``hash``.
+NGRAM_HASH_MODULUS = 2**31 - 1  # a Mersenne prime
+NGRAM_HASH_MULTIPLIER = 1540483477  # MurmurHash2's m, below the modulus
+NGRAM_HASH_MIX = 668265263  # xxHash32's fourth prime, below the modulus
+
+
+def ngram_bucket_ids(input_ids: torch.Tensor, mask: torch.Tensor, order: int, buckets: int) -> torch.Tensor:
+    """Hash bucket of the n-gram of ``order`` consecutive tokens that ends at each position.
+
+    With ``P = 2**31 - 1``, ``A = NGRAM_HASH_MULTIPLIER`` and ``B = NGRAM_HASH_MIX``, for tokens ``t_1 ... t_n``
+    (oldest first): ``h = n``; for each token ``h = ((h xor (t_k + 1)) * A) mod P`` (multiply-xor); then
+    ``h = h xor (h >> 16)``, ``h = (h * B) mod P``, ``h = h xor (h >> 13)``, and the bucket is ``h mod buckets``.
+    An n-gram counts only if all its positions are in ``mask``, so n-grams never cross padding or a masked-out side
+    of a pair; positions without one get ``buckets``, the table's padding row.
+
+    Args:
+        input_ids: ``(batch, seq)`` token ids.
+        mask: ``(batch, seq)`` bool, True where a token is read.
+        order: ``n``.
+        buckets: Number of hash buckets.
+
+    Returns:
+        ``(batch, seq)`` int64 bucket ids in ``[0, buckets]``.
+    """
+    seq = input_ids.shape[1]
+    ids, valid = input_ids.long(), mask.clone()
+    hashes = torch.full_like(ids, order)
+    for back in range(order - 1, -1, -1):  # the token ``back`` positions before the n-gram's end, oldest first
+        token, present = torch.zeros_like(ids), torch.zeros_like(valid)
+        token[:, back:], present[:, back:] = ids[:, : seq - back], mask[:, : seq - back]
+        hashes = (hashes ^ (token + 1)) * NGRAM_HASH_MULTIPLIER % NGRAM_HASH_MODULUS
+        valid &= present
+    hashes = (hashes ^ (hashes >> 16)) * NGRAM_HASH_MIX % NGRAM_HASH_MODULUS
+    hashes = hashes ^ (hashes >> 13)
+    return (hashes % buckets).masked_fill(~valid, buckets)
+
+
+class NgramEmbedding(nn.Embedding):
+    """Vectors of hashed token n-grams (``config.ngram_orders``): ``ngram_buckets`` rows plus a zero padding row.
+
+    Positions without an n-gram of some order look up the padding row, which is left out of sums and gradients.
+    """
+
+    def __init__(self, config: CMOWConfig):
+        super().__init__(config.ngram_buckets + 1, config.cbow_size, padding_idx=config.ngram_buckets)
+        self.orders = tuple(config.ngram_orders)
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, token_states: bool) -> torch.Tensor:
+        """Sum of the vectors of the n-grams in each text, ``(batch, cbow)``; with ``token_states`` the sum of those
+        ending at each position, ``(batch, seq, cbow)``."""
+        batch, seq = input_ids.shape
+        pad = self.padding_idx
+        ids = torch.cat([ngram_bucket_ids(input_ids, mask, n, pad) for n in self.orders], dim=1)  # (batch, orders*seq)
+        if not token_states:
+            return F.embedding_bag(ids, self.weight, mode="sum", padding_idx=pad, sparse=self.sparse)
+        vectors = F.embedding(ids, self.weight, padding_idx=pad, sparse=self.sparse) * (ids != pad)[..., None]
+        return vectors.view(batch, len(self.orders), seq, -1).sum(dim=1)  # (batch, seq, cbow)
+
+
 class CMOWEncoder(nn.Module):
     """Token tables and the products and sums over them.
 
     Per-token outputs are ``[cbow prefix; forward prefix product; backward suffix product]`` at each position; the
     pooled output is the same over the whole text. The backward table is multiplied in reverse order, so position
-    ``i`` holds ``E'_n ... E'_i`` and the pooled output ``E'_n ... E'_1``.
+    ``i`` holds ``E'_n ... E'_i`` and the pooled output ``E'_n ... E'_1``. Hashed n-grams (if any) join the CBOW part:
+    the pooled output sums all of a text's n-grams with its token vectors, position ``i`` those that end by ``i``.
 
     Matrix features are the rescaled product minus the identity (the product of an empty text), flattened: like the
     CBOW part they are zero for an empty text. A constant offset changes nothing a linear layer learns, but without
@@ -182,6 +244,7 @@ class CMOWEncoder(nn.Module):
             if config.use_cbow
             else None
         )
+        self.ngram_embeddings = NgramEmbedding(config) if config.ngram_orders else None
         self.cmow_embeddings = MatrixEmbedding(config) if config.use_cmow else None
         self.cmow_bw_embeddings = MatrixEmbedding(config) if config.use_cmow and config.bidirectional else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -198,6 +261,8 @@ class CMOWEncoder(nn.Module):
         with torch.autocast(device_type=input_ids.device.type, enabled=False):
             if self.cbow_embeddings is not None and token_states:
                 vectors = self.cbow_embeddings(input_ids).float() * mask[..., None]  # (batch, seq, cbow)
+                if self.ngram_embeddings is not None:
+                    vectors = vectors + self.ngram_embeddings(input_ids, mask, token_states=True).float()
                 sums = vectors.cumsum(dim=1)
                 if self.config.cbow_pooling == "mean":
                     sums = sums / mask.cumsum(dim=1).clamp_min(1)[..., None]
@@ -210,6 +275,8 @@ class CMOWEncoder(nn.Module):
                 sums = F.embedding_bag(
                     input_ids, table.weight, mode="sum", per_sample_weights=weights, sparse=table.sparse
                 )
+                if self.ngram_embeddings is not None:
+                    sums = sums + self.ngram_embeddings(input_ids, mask, token_states=False)  # (batch, cbow)
                 if self.config.cbow_pooling == "mean":
                     sums = sums.float() / mask.sum(dim=1).clamp_min(1)[:, None]
                 pooled.append(sums.float())  # (batch, cbow)
@@ -273,8 +340,13 @@ class CMOWPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        """Token matrices: identity + N(0, initializer_range); padding rows: identity matrix, zero vector."""
-        if isinstance(module, MatrixEmbedding):
+        """Token matrices: identity + N(0, initializer_range); padding rows: identity matrix, zero vector.
+
+        N-gram vectors start at zero, so adding n-grams to a trained model starts from the same function.
+        """
+        if isinstance(module, NgramEmbedding):
+            init.zeros_(module.weight)
+        elif isinstance(module, MatrixEmbedding):
             if getattr(module.weight, "_is_hf_initialized", False):
                 return
             d = module.matrix_size
@@ -545,6 +617,7 @@ __all__ = [
     "CMOWForSequenceClassification",
     "CMOWModel",
     "CMOWPreTrainedModel",
+    "ngram_bucket_ids",
     "normalize_product",
     "prefix_products",
     "tree_product",
