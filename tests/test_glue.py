@@ -18,10 +18,11 @@ from transformers import (
 
 from cmow import CMOWForSequenceClassification, cli
 from cmow.glue.data import TASKS, load_glue
-from cmow.glue.distill_trainer import TEACHER_LOGITS, DistillationTrainer, distillation_loss
-from cmow.glue.metrics import glue_score, task_metrics
-from cmow.glue.report import END, START, write_report
+from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, DistillationTrainer, distillation_loss
+from cmow.glue.metrics import glue_score, majority_baseline, task_metrics
+from cmow.glue.report import END, PAPER_ROLE, START, results_table, retention_table, write_report
 from cmow.glue.run import weights_digest
+from cmow.glue.selection import split_held_out
 from conftest import BATCH, tiny_config
 
 # --- distillation loss ---------------------------------------------------------------------------------------------
@@ -61,6 +62,32 @@ def test_kd_loss_regression_weights_mse_to_gold_and_teacher():
     assert distillation_loss(student, teacher, labels, alpha=0.3).item() == pytest.approx(0.3 * 2.5 + 0.7 * 1.0)
 
 
+@pytest.mark.parametrize("regression", [False, True])
+def test_kd_loss_masks_the_gold_term_of_transfer_examples_only(regression):
+    generator = torch.Generator().manual_seed(3)
+    width = 1 if regression else 3
+    student, teacher = torch.randn(4, width, generator=generator), torch.randn(4, width, generator=generator)
+    labels = torch.tensor([0.5, 2.0, 1.0, 4.0]) if regression else torch.tensor([2, 0, 1, 1])
+    every = torch.ones(4)
+    plain = distillation_loss(student, teacher, labels, alpha=0.3, temperature=2.0)
+    assert distillation_loss(student, teacher, labels, 0.3, 2.0, every).item() == pytest.approx(plain.item())
+    # Per example: alpha * m_i * gold_i + (1 - alpha) * soft_i, averaged over the whole batch.
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    gold_only = distillation_loss(student, teacher, labels, alpha=1.0, temperature=2.0, gold_mask=every)
+    per_example = torch.stack(
+        [distillation_loss(student[i : i + 1], teacher[i : i + 1], labels[i : i + 1], 1.0, 2.0) for i in range(4)]
+    )
+    assert per_example.mean().item() == pytest.approx(gold_only.item(), rel=1e-6)
+    soft = distillation_loss(student, teacher, labels, alpha=0.0, temperature=2.0)
+    expected = 0.3 * (per_example * mask).sum() / 4 + 0.7 * soft
+    masked = distillation_loss(student, teacher, labels, 0.3, 2.0, mask)
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-6)
+    # A placeholder label of a transfer example changes nothing.
+    other_labels = labels.clone()
+    other_labels[1] = 3.0 if regression else 2
+    assert distillation_loss(student, teacher, other_labels, 0.3, 2.0, mask).item() == pytest.approx(masked.item())
+
+
 @pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"temperature": 0.0}])
 def test_kd_loss_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="alpha|temperature"):
@@ -70,13 +97,15 @@ def test_kd_loss_rejects_bad_settings(kwargs):
 # --- distillation trainer ------------------------------------------------------------------------------------------
 
 
-def _tiny_distillation_trainer(tokenizer, tmp_path, with_column: bool, teacher=None):
+def _tiny_distillation_trainer(tokenizer, tmp_path, with_column: bool, teacher=None, gold_mask=None):
     texts = ["a good film", "bad", "the plot is thin but it moves", "fine", "awful acting throughout"]
     data = datasets.Dataset.from_dict({"text": texts, "label": [1, 0, 0, 1, 0]})
     data = data.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
     if with_column:
         logits = torch.randn(len(texts), 2, generator=torch.Generator().manual_seed(2))
         data = data.add_column(TEACHER_LOGITS, logits.tolist())
+    if gold_mask is not None:
+        data = data.add_column(GOLD_MASK, gold_mask)
     student = CMOWForSequenceClassification(tiny_config(vocab_size=len(tokenizer), num_labels=2, sep_token_id=102))
     args = TrainingArguments(str(tmp_path), per_device_train_batch_size=BATCH, report_to="none", use_cpu=True)
     trainer = DistillationTrainer(
@@ -100,6 +129,18 @@ def test_trainer_keeps_teacher_logits_and_hides_them_from_the_student(tokenizer,
     inputs = {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, "labels")}
     expected = distillation_loss(student(**inputs).logits, teacher_logits, batch["labels"], 0.25, 2.0)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_trainer_passes_the_gold_mask_to_the_loss(tokenizer, tmp_path):
+    mask = [1.0, 0.0, 1.0, 0.0, 0.0]
+    trainer, student = _tiny_distillation_trainer(tokenizer, tmp_path, with_column=True, gold_mask=mask)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch[GOLD_MASK].shape == (BATCH,)
+    inputs = {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, "labels", GOLD_MASK)}
+    expected = distillation_loss(
+        student(**inputs).logits, batch[TEACHER_LOGITS], batch["labels"], 0.25, 2.0, batch[GOLD_MASK]
+    )
+    assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_trainer_runs_an_online_teacher_without_the_column(tokenizer, tmp_path):
@@ -151,6 +192,72 @@ def test_accuracy_tasks_and_glue_score():
         glue_score({"SQuAD": 0.5})
     with pytest.raises(ValueError, match="No task scores"):
         glue_score({})
+
+
+def test_majority_baseline_answers_the_most_frequent_train_class_on_dev():
+    # Train: class 1 three times of five. Dev 1, 1, 0, 0: accuracy 1/2, precision 1/2, recall 1, F1 2/3.
+    metrics = majority_baseline("MRPC", np.array([1, 0, 1, 1, 0]), np.array([1, 1, 0, 0]))
+    assert metrics == pytest.approx({"accuracy": 0.5, "f1": 2 / 3, "score": (0.5 + 2 / 3) / 2})
+    assert majority_baseline("CoLA", np.array([1, 1, 0]), np.array([1, 0, 1]))["score"] == 0.0  # MCC of a constant
+    assert majority_baseline("STS-B", np.array([1.0, 4.0]), np.array([2.0, 3.0])) == {
+        "pearson": 0.0,
+        "spearman": 0.0,
+        "score": 0.0,
+    }
+
+
+# --- selection -----------------------------------------------------------------------------------------------------
+
+
+def test_held_out_slice_is_the_tail_of_the_shuffled_train_set():
+    data = datasets.Dataset.from_dict({"text_a": [str(i) for i in range(37)]})
+    train, held_out = split_held_out(data, "held-out", 0.1)
+    assert (len(train), len(held_out)) == (33, 4)
+    assert held_out["text_a"] == ["33", "34", "35", "36"] and not set(train["text_a"]) & set(held_out["text_a"])
+    for selection in ("last", "dev"):
+        assert split_held_out(data, selection, 0.1) == (data, None)
+    with pytest.raises(ValueError, match="'held-out', 'last', 'dev'"):
+        split_held_out(data, "test", 0.1)
+    with pytest.raises(ValueError, match="held_out_fraction"):
+        split_held_out(data, "held-out", 1.0)
+
+
+# --- report --------------------------------------------------------------------------------------------------------
+
+
+def _record(task: str, score: float, **extra) -> dict:
+    record = {"task": task, "metrics": {"score": score}, "parameters": 2e6, "encoder_parameters": 1e6}
+    return record | {"throughput_examples_per_s": 100.0} | extra
+
+
+def test_report_rows_baselines_retention_and_selection():
+    results = {
+        "teacher": {"RTE": _record("RTE", 0.6), "CoLA": _record("CoLA", 0.4)},
+        "student-random": {
+            "RTE": _record("RTE", 0.54, selection={"method": "held-out"}),
+            "CoLA": _record("CoLA", 0.1, selection={"method": "held-out"}),
+        },
+        "student-old": {"RTE": _record("RTE", 0.57)},  # from before the selection option: picked on dev
+        "majority": {"RTE": {"task": "RTE", "metrics": {"score": 0.527}}},
+    }
+    table = results_table(results)
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| majority",
+        f"| {PAPER_ROLE}",
+        "| teacher",
+        "| student-old",
+        "| student-random",
+    ]
+    paper = rows[1].split(" | ")
+    assert paper[1:10] == ["16.7", "82.9", "79.7", "76.9", "—", "—", "—", "61.0", "56.3"]
+    assert paper[10] == "62.3 (6/9 tasks)"  # the mean of the six scores the paper gives, 62.25
+    assert "| 52.7 |" in rows[0] and rows[0].endswith("| — | — | — | — |")
+    random_row = rows[4].split(" | ")
+    assert random_row[11:13] == ["64%", "held-out"]  # (54 + 10) / (60 + 40)
+    assert rows[3].split(" | ")[11:13] == ["95%", "dev"]
+    retention = retention_table(results)
+    assert "| student-random | 25% | — | — | — | — | — | — | 90% | — |" in retention
 
 
 # --- local TSV loader ----------------------------------------------------------------------------------------------
@@ -221,14 +328,18 @@ def test_a_non_numeric_sts_b_score_names_the_line(tmp_path):
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
-def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
-    """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
-    base = tmp_path / "tiny-bert"
+def _tiny_teacher_base(tokenizer, folder):
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=17
     )
-    BertForSequenceClassification(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
+    """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
+    base = _tiny_teacher_base(tokenizer, tmp_path / "tiny-bert")
     out, report = tmp_path / "runs", tmp_path / "glue.md"
     report.write_text(f"# Results\n\n{START}\nold table\n{END}\n\nMore text.\n")
     common = ["--output-dir", str(out), "--glue-dir", str(shared_data / "glue"), "--max-train-samples", "37"]
@@ -238,10 +349,17 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
 
     teacher_record = json.loads((out / "MRPC" / "teacher" / "metrics.json").read_text())
     record = json.loads((out / "MRPC" / "student-random" / "metrics.json").read_text())
-    assert teacher_record["train_examples"] == record["train_examples"] == 37
+    assert teacher_record["train_examples"] == record["train_examples"] == 33  # 4 of 37 held out for selection
     for r in (teacher_record, record):
         assert set(r["metrics"]) == {"accuracy", "f1", "score"}
         assert r["throughput_examples_per_s"] > 0 and r["parameters"] > r["encoder_parameters"] > 0
+        assert r["selection"]["method"] == "held-out" and r["selection"]["eval_examples"] == 4
+        epochs = [entry["epoch"] for entry in r["selection"]["epoch_scores"]]
+        assert epochs == list(range(1, int(r["settings"]["epochs"]) + 1))  # scored on held-out after every epoch
+        assert r["command"].startswith("cmow glue MRPC")
+    assert record["transfer"] is None and record["gold_examples"] == 33
+    majority = json.loads((out / "MRPC" / "majority" / "metrics.json").read_text())
+    assert set(majority["metrics"]) == {"accuracy", "f1", "score"}
     student = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "student-random")
     assert student.config.pair_encoding == "diffcat" and student.config.distillation["task"] == "MRPC"
     assert (out / "MRPC" / "student-random" / "README.md").is_file()
@@ -274,6 +392,48 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     text = report.read_text()
     assert text.startswith("# Results") and text.endswith("More text.\n") and "old table" not in text
     assert "| student-warm |" in text and "(1/9 tasks)" in text
+    assert "| majority |" in text and f"| {PAPER_ROLE} |" in text and "held-out" in text
+    assert "- student-warm: `cmow glue mrpc --student" in text
+
+
+def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_path):
+    """RTE slice: augmented copies and unlabeled pairs labelled by the teacher, a student with hashed n-grams."""
+    base = _tiny_teacher_base(tokenizer, tmp_path / "tiny-bert")
+    dev_sentence = load_glue("RTE", shared_data / "glue")["validation"]["text_b"][5]
+    texts = tmp_path / "in_domain.txt"
+    lines = ["a premise\ta hypothesis", f"another premise\t{dev_sentence.upper()}", "one text", "and another"]
+    texts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    student = '{"matrix_size": 4, "cbow_size": 7, "classifier_hidden_size": 9, "ngram_orders": [2, 3], '
+    student += '"ngram_buckets": 101}'
+    common = ["glue", "RTE", "--output-dir", str(out), "--glue-dir", str(shared_data / "glue")]
+    common += ["--teacher-base", str(base), "--teacher-epochs", "1", "--max-train-samples", "30"]
+    common += ["--max-eval-samples", "20", "--student-epochs", "1", "--student-config", student]
+    common += ["--augment-copies", "2", "--transfer-texts", str(texts), "--label-shard-size", "16"]
+    assert cli.main([*common, "--selection", "last", "--student-name", "transfer-ngrams"]) == 0
+
+    record = json.loads((out / "RTE" / "student-transfer-ngrams" / "metrics.json").read_text())
+    transfer = record["transfer"]
+    assert record["gold_examples"] == 30 and record["selection"] == {
+        "method": "last",
+        "eval_examples": 0,
+        "epoch_scores": [],
+        "best_epoch": 1.0,
+    }
+    # Two pairs as written (one with a dev sentence, in capitals: dropped) and one of the two single texts.
+    assert transfer["unlabeled"] == 3 and transfer["dropped_evaluation"] >= 1
+    assert 30 < transfer["augmented"] <= 60 and record["train_examples"] == 30 + transfer["kept"]
+    shards = sorted((out / "RTE" / "teacher").glob(f"transfer_logits-{transfer['key']}/shard-*.npy"))
+    assert len(shards) == math.ceil(transfer["kept"] / 16)
+    model = AutoModelForSequenceClassification.from_pretrained(out / "RTE" / "student-transfer-ngrams")
+    assert model.config.ngram_orders == [2, 3] and model.cmow.encoder.ngram_embeddings.weight.abs().sum() > 0
+
+    # Another student on the same transfer set (dev selection: the train set is the same) reuses the teacher's labels.
+    mtimes = [shard.stat().st_mtime for shard in shards]
+    assert cli.main([*common, "--selection", "dev", "--student-name", "dev-selected"]) == 0
+    again = json.loads((out / "RTE" / "student-dev-selected" / "metrics.json").read_text())
+    assert again["transfer"]["key"] == transfer["key"] and [shard.stat().st_mtime for shard in shards] == mtimes
+    assert again["selection"]["method"] == "dev" and len(again["selection"]["epoch_scores"]) == 1
 
 
 def test_write_report_without_results_says_what_to_do(tmp_path):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from transformers import PreTrainedTokenizerBase
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -198,3 +199,55 @@ def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> data
             "validation": _load_tsv_split(task, folder / task.dev_file),
         }
     )
+
+
+def tokenize(
+    data: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None
+) -> datasets.Dataset:
+    """Tokenize ``text_a`` (and ``text_b``) into the tokenizer's columns plus ``label``; truncate if ``max_length``."""
+    pair = "text_b" in data.column_names
+
+    def encode(batch: dict) -> dict:
+        texts = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
+        return tokenizer(*texts, truncation=max_length is not None, max_length=max_length)
+
+    return data.map(encode, batched=True, remove_columns=[c for c in data.column_names if c != "label"])
+
+
+# Text columns of the GLUE test TSVs (they have no labels and differ from the train files' layouts).
+_TEST_TEXT_COLUMNS = (
+    "sentence",
+    "sentence1",
+    "sentence2",
+    "question",
+    "question1",
+    "question2",
+    "#1 String",
+    "#2 String",
+)
+
+
+def load_test_texts(task_name: str, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Every text of a task's test split(s), to keep out of transfer sets; empty if there is none.
+
+    Args:
+        task_name: A GLUE task.
+        data_dir: A folder in the GLUE TSV layout (its ``test*.tsv`` files are read, if any); ``None`` reads the
+            ``test`` split(s) of ``nyu-mll/glue``.
+    """
+    task = get_task(task_name)
+    if data_dir is None:
+        splits = ("test_matched", "test_mismatched") if task.hub_name == "mnli" else ("test",)
+        columns = [c for c in task.hub_columns if c is not None]
+        return [
+            text
+            for split in splits
+            for row in datasets.load_dataset(HUB_DATASET, task.hub_name, split=split)
+            for text in (row[c] for c in columns)
+        ]
+    texts = []
+    for path in sorted((Path(data_dir) / task.name).glob("test*.tsv")):
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+                texts += [row[c] for c in _TEST_TEXT_COLUMNS if row.get(c)]
+    return texts

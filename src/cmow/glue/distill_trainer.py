@@ -10,6 +10,15 @@ and for regression (STS-B)
 
 Teacher logits come either from a ``teacher_logits`` column of the train set (computed once per dataset with
 ``predict_logits``; ``DataCollatorWithPadding`` stacks it like ``labels``) or from a teacher model run on each batch.
+
+With a transfer set (texts only the teacher labelled, ``cmow.glue.transfer``) a ``gold_mask`` column is 1 for
+labelled examples and 0 for transfer examples, and the loss is a mean over the batch of per-example terms
+
+    loss = 1/B * sum_i [ alpha * m_i * CE_i + (1 - alpha) * T^2 * KL_i ]
+
+so the gold-label term sees only real labels, the teacher term every example, and each labelled example weighs what
+it weighs without a transfer set (the gold term is not rescaled by how many labelled examples a batch holds; a batch
+of transfer examples only has no gold term). With every ``m_i = 1`` this is the loss above.
 """
 
 import logging
@@ -24,6 +33,7 @@ from ..training import CMOWTrainer
 logger = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits"
+GOLD_MASK = "gold_mask"
 
 
 def distillation_loss(
@@ -32,15 +42,17 @@ def distillation_loss(
     labels: torch.Tensor,
     alpha: float = 0.5,
     temperature: float = 1.0,
+    gold_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The task distillation loss (see the module docstring); regression when the logits have one column.
 
     Args:
         student_logits: ``(batch, num_labels)``.
         teacher_logits: ``(batch, num_labels)``.
-        labels: ``(batch,)`` class ids, or float scores for regression.
+        labels: ``(batch,)`` class ids, or float scores for regression; any value where ``gold_mask`` is 0.
         alpha: Weight of the gold-label loss; ``1`` ignores the teacher, ``0`` ignores the labels.
         temperature: Softmax temperature ``T`` of the KL term (classification only).
+        gold_mask: ``(batch,)`` 1 where ``labels`` are real, 0 for transfer examples; all real if None.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1]; got {alpha!r}.")
@@ -49,26 +61,28 @@ def distillation_loss(
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     if student_logits.shape[-1] == 1:
         scores = student_logits.squeeze(-1)
-        gold = F.mse_loss(scores, labels.float())
+        gold = F.mse_loss(scores, labels.float(), reduction="none")  # (batch,)
         soft = F.mse_loss(scores, teacher_logits.squeeze(-1))
-        return alpha * gold + (1 - alpha) * soft
-    gold = F.cross_entropy(student_logits, labels.long())
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=-1),
-        F.log_softmax(teacher_logits / temperature, dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return alpha * gold + (1 - alpha) * temperature**2 * soft
+    else:
+        gold = F.cross_entropy(student_logits, labels.long(), reduction="none")  # (batch,)
+        soft = temperature**2 * F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=-1),
+            F.log_softmax(teacher_logits / temperature, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    if gold_mask is not None:
+        gold = torch.where(gold_mask.bool(), gold, 0.0)  # the placeholder labels of transfer examples count nothing
+    return alpha * gold.mean() + (1 - alpha) * soft
 
 
 class DistillationTrainer(CMOWTrainer):
     """A ``CMOWTrainer`` (sparse token-table gradients) whose training loss is ``distillation_loss`` against a teacher.
 
     The train set either has a ``teacher_logits`` column (kept despite ``remove_unused_columns`` and never passed to
-    the student) or ``teacher`` is given and run under ``no_grad`` on each batch; that teacher then reads the
-    student's batch, so it must accept the same inputs and lengths. Batches without teacher logits (evaluation) use
-    the model's own loss.
+    the student, like the optional ``gold_mask`` column of a train set with transfer examples) or ``teacher`` is
+    given and run under ``no_grad`` on each batch; that teacher then reads the student's batch, so it must accept the
+    same inputs and lengths. Batches without teacher logits (evaluation) use the model's own loss.
 
     Args:
         teacher: A fine-tuned teacher, only needed when the train set has no ``teacher_logits``.
@@ -89,19 +103,23 @@ class DistillationTrainer(CMOWTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if TEACHER_LOGITS not in self._signature_columns:
-            self._signature_columns.append(TEACHER_LOGITS)
+        for column in (TEACHER_LOGITS, GOLD_MASK):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher_logits = inputs.pop(TEACHER_LOGITS, None)
+        gold_mask = inputs.pop(GOLD_MASK, None)
         if teacher_logits is None and self.teacher is not None and model.training:
             with torch.no_grad():
                 teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         if teacher_logits is None or "labels" not in inputs:
+            if gold_mask is not None and not bool(gold_mask.all()):
+                raise ValueError("Transfer examples (gold_mask 0) need teacher logits: add a teacher_logits column.")
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature, gold_mask)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -43,6 +43,20 @@ def task_metrics(task: GlueTask | str, predictions: np.ndarray, labels: np.ndarr
     return metrics
 
 
+def majority_baseline(task: GlueTask | str, train_labels: np.ndarray, dev_labels: np.ndarray) -> dict[str, float]:
+    """Scores of always answering the train set's most frequent class (the smallest id on a tie), on dev.
+
+    For STS-B the constant is the mean train score; a constant has no correlation with anything, so its Pearson and
+    Spearman count as 0 (scipy would return NaN).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    dev_labels = np.asarray(dev_labels)
+    if task.is_regression:
+        return {"pearson": 0.0, "spearman": 0.0, "score": 0.0}
+    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=task.num_labels).argmax())
+    return task_metrics(task, np.full(len(dev_labels), majority), dev_labels)
+
+
 def compute_metrics_fn(task: GlueTask | str):
     """A ``compute_metrics`` for the ``Trainer``: ``EvalPrediction -> task_metrics(...)``."""
 

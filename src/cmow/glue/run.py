@@ -1,9 +1,11 @@
 """One GLUE task end to end: fine-tune a teacher, distil a CMOW student into it, evaluate, save.
 
 Layout of ``output_dir/<TASK>/``: ``teacher/`` and ``student-<name>/``, each a ``save_pretrained`` folder (model,
-tokenizer) with ``metrics.json``. A ``teacher/`` that already holds ``metrics.json`` is reused, so a run over all nine
-tasks can be resumed and several students share one teacher. Models are named in ``metrics.json``, configs and cards by
-``public_name``, never by a local path; ``run_config.json``, which is not published, keeps the paths to rerun.
+tokenizer) with ``metrics.json``, and ``majority/metrics.json`` (the majority-class baseline). A ``teacher/`` that
+already holds ``metrics.json`` is reused, so a run over all nine tasks can be resumed and several students share one
+teacher; its logits on the train set and on transfer sets are kept beside it. Models, sources and commands are named in
+``metrics.json``, configs and cards by ``public_name``, never by a local path; ``run_config.json``, which is not
+published, keeps the paths to rerun.
 """
 
 import hashlib
@@ -17,6 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -24,28 +27,31 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
-    TrainingArguments,
 )
 
 from ..configuration_cmow import CMOWConfig
 from ..hub_cards import public_name, write_model_card
 from ..modeling_cmow import CMOWForSequenceClassification
-from .data import HUB_DATASET, GlueTask, get_task, load_glue
+from .augment import AugmentConfig
+from .data import HUB_DATASET, GlueTask, get_task, load_glue, load_test_texts, tokenize
 from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
-from .metrics import compute_metrics_fn, task_metrics
+from .metrics import compute_metrics_fn, majority_baseline, task_metrics
+from .selection import selection_record, split_held_out, training_args
+from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 OBJECTIVE = (
     "alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)); "
-    "regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher)"
+    "regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher); "
+    "on transfer-set examples (teacher-labelled only) the gold term is masked out"
 )
 
 
 @dataclass
 class GlueRunConfig:
-    """Settings of one task's run; defaults are the recipe used for ``docs/glue.md``.
+    """Settings of one task's run (``cmow glue`` flags); docs/glue.md gives the recipes used there.
 
     Attributes:
         task: GLUE task name (``"MRPC"``, ``"sst2"``, ...).
@@ -55,10 +61,26 @@ class GlueRunConfig:
         teacher_base: The model to fine-tune as teacher when ``teacher`` is not given.
         student: A CMOW checkpoint (e.g. from general distillation) to start the student from; random init if None.
         student_name: Names the student's folder, ``student-<student_name>``.
-        student_config: ``CMOWConfig`` overrides for a randomly initialised student.
+        student_config: ``CMOWConfig`` overrides: for a random student, or added to a ``student`` checkpoint's config
+            (e.g. ``{"ngram_orders": [2]}`` adds a zero-initialised n-gram table to a general-distilled student).
+        teacher_only: Fine-tune (or reuse) the teacher and stop: for tuning the teacher's recipe.
+        teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
+            fine-tuning recipe.
+        teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
         teacher_max_length: Teacher inputs are truncated to this many tokens; the student reads whole texts.
         alpha: Weight of the gold-label loss in the distillation loss (the rest goes to the teacher).
         temperature: Softmax temperature of the distillation loss.
+        selection: Which epoch is kept, for teacher and student: ``"held-out"`` (best on a slice of train),
+            ``"last"`` or ``"dev"`` (best on dev, flatters; see ``cmow.glue.selection``).
+        held_out_fraction: Size of the held-out slice of train, for ``selection="held-out"``.
+        augment_copies: Tang et al.'s augmented copies per train example in the transfer set (0: none).
+        augment_mask_p, augment_replace_p, augment_ngram_p, augment_max_ngram: Their probabilities
+            (``cmow.glue.augment.AugmentConfig``).
+        transfer_texts: Unlabeled in-domain texts for the transfer set: ``glue:TASK``, a text file or a dataset
+            (``cmow.glue.transfer.read_unlabeled``); for pair tasks they are paired.
+        transfer_text_column: Column of a dataset ``transfer_texts`` that holds the texts.
+        transfer_max_texts: Read at most this many of ``transfer_texts``.
+        label_shard_size: Transfer examples per cached shard of teacher logits (the unit of resuming).
         max_train_samples: Train on the first this many examples (for quick runs); all if None.
         max_eval_samples: Evaluate on the first this many examples; all if None.
     """
@@ -71,57 +93,34 @@ class GlueRunConfig:
     student: str | None = None
     student_name: str | None = None
     student_config: dict = field(default_factory=dict)
+    teacher_only: bool = False
     teacher_epochs: float = 3.0
     teacher_lr: float = 5e-5
     teacher_batch_size: int = 32
+    teacher_warmup_ratio: float = 0.1
+    teacher_weight_decay: float = 0.0
+    teacher_seed: int | None = None
     teacher_max_length: int = 128
     student_epochs: float = 10.0
     student_lr: float = 2e-3
     student_batch_size: int = 32
     alpha: float = 0.5
     temperature: float = 1.0
+    selection: str = "held-out"
+    held_out_fraction: float = 0.1
+    augment_copies: int = 0
+    augment_mask_p: float = 0.1
+    augment_replace_p: float = 0.1
+    augment_ngram_p: float = 0.25
+    augment_max_ngram: int = 5
+    transfer_texts: str | None = None
+    transfer_text_column: str = "text"
+    transfer_max_texts: int | None = None
+    label_shard_size: int = 4096
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     eval_batch_size: int = 64
     seed: int = 42
-
-
-def tokenize(
-    data: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None
-) -> datasets.Dataset:
-    """Tokenize ``text_a`` (and ``text_b``) into the tokenizer's columns plus ``label``; truncate if ``max_length``."""
-    pair = "text_b" in data.column_names
-
-    def encode(batch: dict) -> dict:
-        texts = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
-        return tokenizer(*texts, truncation=max_length is not None, max_length=max_length)
-
-    return data.map(encode, batched=True, remove_columns=[c for c in data.column_names if c != "label"])
-
-
-def _training_args(cfg: GlueRunConfig, output_dir: Path, epochs: float, lr: float, batch_size: int):
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        warmup_steps=0.1,  # a float < 1 is a fraction of the training steps
-        weight_decay=0.0,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        save_only_model=True,
-        load_best_model_at_end=True,
-        metric_for_best_model="score",
-        greater_is_better=True,
-        train_sampling_strategy="group_by_length",
-        logging_steps=50,
-        report_to="none",
-        seed=cfg.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-    )
 
 
 def _num_parameters(model: PreTrainedModel) -> dict[str, int]:
@@ -142,6 +141,8 @@ def _evaluate(model, tokenizer, task: GlueTask, data: datasets.Dataset, batch_si
 
 
 def _save(model, tokenizer, folder: Path, record: dict) -> None:
+    if not PartialState().is_main_process:
+        return
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -149,11 +150,23 @@ def _save(model, tokenizer, folder: Path, record: dict) -> None:
     logger.info("Saved %s: %s", folder, record["metrics"])
 
 
+def _texts(data: datasets.Dataset) -> list[str]:
+    """Every text of ``data``: ``text_a``, then ``text_b`` if any."""
+    return [text for column in ("text_a", "text_b") if column in data.column_names for text in data[column]]
+
+
 def _slice(data: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return data if limit is None else data.select(range(min(limit, len(data))))
 
 
-def finetune_teacher(cfg: GlueRunConfig, task: GlueTask, raw: datasets.DatasetDict, folder: Path):
+def _selection_data(cfg: GlueRunConfig, data: datasets.DatasetDict) -> datasets.Dataset | None:
+    """The set epochs are selected on: the held-out slice, dev, or none (``last``)."""
+    return {"held-out": data.get("held_out"), "dev": data["validation"], "last": None}[cfg.selection]
+
+
+def finetune_teacher(
+    cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDict, folder: Path, command: str | None = None
+):
     """Fine-tune ``cfg.teacher_base`` (default: all-MiniLM-L6-v2) on the task with the ``Trainer``; save it."""
     from ..data import default_teacher
 
@@ -162,14 +175,34 @@ def finetune_teacher(cfg: GlueRunConfig, task: GlueTask, raw: datasets.DatasetDi
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names or ("score",)))
     )
-    train = tokenize(raw["train"], tokenizer, cfg.teacher_max_length)
-    dev = tokenize(raw["validation"], tokenizer, cfg.teacher_max_length)
-    args = _training_args(cfg, folder / "checkpoints", cfg.teacher_epochs, cfg.teacher_lr, cfg.teacher_batch_size)
+    train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
+    dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
+    selection_set = _selection_data(cfg, data)
+    settings = {
+        "epochs": cfg.teacher_epochs,
+        "lr": cfg.teacher_lr,
+        "batch_size": cfg.teacher_batch_size,
+        "warmup_ratio": cfg.teacher_warmup_ratio,
+        "weight_decay": cfg.teacher_weight_decay,
+        "seed": cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed,
+        "max_length": cfg.teacher_max_length,
+    }
+    args = training_args(
+        folder / "checkpoints",
+        selection=cfg.selection,
+        epochs=cfg.teacher_epochs,
+        lr=cfg.teacher_lr,
+        batch_size=cfg.teacher_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        warmup_ratio=cfg.teacher_warmup_ratio,
+        weight_decay=cfg.teacher_weight_decay,
+        seed=settings["seed"],
+    )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=dev,
+        eval_dataset=None if selection_set is None else tokenize(selection_set, tokenizer, cfg.teacher_max_length),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task),
@@ -186,21 +219,28 @@ def finetune_teacher(cfg: GlueRunConfig, task: GlueTask, raw: datasets.DatasetDi
         "train_examples": len(train),
         **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
         **_num_parameters(trainer.model),
-        "settings": {"epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr, "batch_size": cfg.teacher_batch_size},
+        "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
+        "settings": settings,
+        "command": command,
     }
     _save(trainer.model, tokenizer, folder, record)
     return trainer.model, tokenizer
 
 
 def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A CMOW classifier for the task: from ``cfg.student`` or a random bidirectional Hybrid CMOW with MLP head."""
+    """A CMOW classifier for the task: from ``cfg.student`` or a random bidirectional Hybrid CMOW with MLP head.
+
+    ``cfg.student_config`` overrides the config either way (a checkpoint's token tables are kept where they fit).
+    """
     head = {
         "num_labels": task.num_labels,
         "pair_encoding": "diffcat" if task.is_pair else "joint",
         "id2label": dict(enumerate(task.label_names or ("score",))),
     }
     if cfg.student:
-        return AutoModelForSequenceClassification.from_pretrained(cfg.student, ignore_mismatched_sizes=True, **head)
+        return AutoModelForSequenceClassification.from_pretrained(
+            cfg.student, ignore_mismatched_sizes=True, **head, **cfg.student_config
+        )
     settings = {"encoder": "hybrid", "bidirectional": True, "classifier": "mlp", **cfg.student_config}
     return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
 
@@ -242,22 +282,87 @@ def teacher_train_logits(
     return logits
 
 
+def teacher_transfer_set(
+    cfg: GlueRunConfig,
+    data: datasets.DatasetDict,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher_dir: Path,
+    exclude: list[str],
+) -> tuple[datasets.Dataset, np.ndarray, dict]:
+    """The transfer set of ``cfg`` (``cmow.glue.transfer``) and the teacher's logits on it, cached in ``teacher_dir``.
+
+    Args:
+        exclude: Texts that must never enter it (dev, test and held-out texts).
+
+    Returns:
+        The transfer set (``text_a``/``text_b``), its teacher logits and what ``metrics.json`` records of it.
+    """
+    unlabeled = []
+    if cfg.transfer_texts:
+        unlabeled = read_unlabeled(cfg.transfer_texts, cfg.glue_dir, cfg.transfer_text_column, cfg.transfer_max_texts)
+    augment = AugmentConfig(cfg.augment_mask_p, cfg.augment_replace_p, cfg.augment_ngram_p, cfg.augment_max_ngram)
+    transfer, counts = build_transfer_set(
+        data["train"],
+        exclude,
+        copies=cfg.augment_copies,
+        mask_token=tokenizer.mask_token or tokenizer.unk_token,
+        unlabeled=unlabeled,
+        seed=cfg.seed,
+        augment=augment,
+    )
+    logger.info("Transfer set: %s; e.g. %s", counts, transfer[:3])
+    start = time.perf_counter()
+    teacher.to(PartialState().device)
+    logits, key = transfer_logits(
+        teacher,
+        tokenizer,
+        transfer,
+        teacher_dir,
+        weights_digest(teacher),
+        max_length=cfg.teacher_max_length,
+        batch_size=cfg.eval_batch_size,
+        shard_size=cfg.label_shard_size,
+    )
+    info = {
+        "copies": cfg.augment_copies,
+        "augment": asdict(augment),
+        "texts": public_name(cfg.transfer_texts) if cfg.transfer_texts else None,
+        "max_texts": cfg.transfer_max_texts,
+        **counts,
+        "key": key,
+        "label_seconds": time.perf_counter() - start,
+    }
+    return transfer, logits, info
+
+
 def distill_student(
     cfg: GlueRunConfig,
     task: GlueTask,
-    raw: datasets.DatasetDict,
+    data: datasets.DatasetDict,
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     folder: Path,
     teacher_record: dict,
+    exclude: list[str] = (),
+    command: str | None = None,
 ) -> PreTrainedModel:
-    """Distil a CMOW student from the fine-tuned teacher's precomputed logits; keep the best epoch; save it.
+    """Distil a CMOW student from the fine-tuned teacher's precomputed logits on train (+ a transfer set); save it.
 
-    ``teacher_record`` is the teacher's ``metrics.json`` record (its base model and dev throughput).
+    ``data`` holds ``train``, ``validation`` and, for held-out selection, ``held_out``. ``teacher_record`` is the
+    teacher's ``metrics.json`` record (its base model and dev throughput). ``exclude``: texts no transfer set holds.
     """
-    logits = teacher_train_logits(cfg, raw["train"], teacher, tokenizer, folder.parent / "teacher")
-    train = tokenize(raw["train"], tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
-    dev = tokenize(raw["validation"], tokenizer)
+    teacher_dir = folder.parent / "teacher"
+    logits = teacher_train_logits(cfg, data["train"], teacher, tokenizer, teacher_dir)
+    train = tokenize(data["train"], tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
+    gold_examples, transfer_info = len(train), None
+    if cfg.augment_copies > 0 or cfg.transfer_texts:
+        transfer, transfer_teacher_logits, transfer_info = teacher_transfer_set(
+            cfg, data, teacher, tokenizer, teacher_dir, list(exclude)
+        )
+        train = join_transfer_set(train, tokenize(transfer, tokenizer), transfer_teacher_logits)
+    dev = tokenize(data["validation"], tokenizer)
+    selection_set = _selection_data(cfg, data)
     student = build_student(cfg, task, tokenizer)
     student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
@@ -269,20 +374,33 @@ def distill_student(
         "lr": cfg.student_lr,
         "batch_size": cfg.student_batch_size,
         "init": public_name(cfg.student) if cfg.student else "random",
+        "selection": cfg.selection,
+        "transfer_copies": cfg.augment_copies,
+        "transfer_texts": public_name(cfg.transfer_texts) if cfg.transfer_texts else None,
     }
-    args = _training_args(cfg, folder / "checkpoints", cfg.student_epochs, cfg.student_lr, cfg.student_batch_size)
+    args = training_args(
+        folder / "checkpoints",
+        selection=cfg.selection,
+        epochs=cfg.student_epochs,
+        lr=cfg.student_lr,
+        batch_size=cfg.student_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        warmup_ratio=0.1,
+        weight_decay=0.0,
+        seed=cfg.seed,
+    )
     trainer = DistillationTrainer(
         model=student,
         args=args,
         train_dataset=train,
-        eval_dataset=dev,
+        eval_dataset=None if selection_set is None else tokenize(selection_set, tokenizer),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task),
         alpha=cfg.alpha,
         temperature=cfg.temperature,
     )
-    logger.info("Distilling a CMOW student on %s (%d examples)", task.name, len(train))
+    logger.info("Distilling a CMOW student on %s (%d examples, %d labelled)", task.name, len(train), gold_examples)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -293,9 +411,14 @@ def distill_student(
         "teacher": public_name(teacher_record["model"]),
         "train_seconds": train_seconds,
         "train_examples": len(train),
+        "gold_examples": gold_examples,
         **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
         **_num_parameters(trainer.model),
+        "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
+        "transfer": transfer_info,
+        "student_config": cfg.student_config,
         "settings": student.config.distillation,
+        "command": command,
     }
     _save(trainer.model, tokenizer, folder, record)
     _write_card(folder, task, record, teacher_record)
@@ -334,36 +457,80 @@ def _write_card(folder: Path, task: GlueTask, record: dict, teacher_record: dict
     )
 
 
-def run_task(cfg: GlueRunConfig) -> dict[str, dict]:
-    """Run one task: teacher (fine-tuned or reused), then the student. Returns both ``metrics.json`` records."""
+def _write_majority(task: GlueTask, data: datasets.DatasetDict, folder: Path, command: str | None) -> None:
+    """The majority-class baseline: the train set's most frequent class on dev (``metrics.majority_baseline``)."""
+    record = {
+        "task": task.name,
+        "role": folder.name,
+        "model": "majority class of train",
+        "train_examples": len(data["train"]),
+        "metrics": majority_baseline(task, data["train"]["label"], data["validation"]["label"]),
+        "command": command,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDict, teacher_dir: Path, command):
+    """Load the fine-tuned teacher ``cfg.teacher`` or ``teacher_dir``; a new ``teacher_dir`` gets it and a record."""
+    source = Path(cfg.teacher or teacher_dir)
+    logger.info("Using the fine-tuned teacher %s", source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    teacher = AutoModelForSequenceClassification.from_pretrained(source)
+    if teacher.config.num_labels != task.num_labels:
+        raise ValueError(
+            f"Teacher {source} has {teacher.config.num_labels} labels but {task.name} needs {task.num_labels}: "
+            "pass a teacher fine-tuned on this task, or --teacher-base to fine-tune one."
+        )
+    if not (teacher_dir / METRICS_FILE).is_file():
+        # A teacher from another run keeps what its record says of its training (recipe, time, selection).
+        record = {"model": public_name(source), "command": command}
+        if (source / METRICS_FILE).is_file():
+            record = json.loads((source / METRICS_FILE).read_text()) | {"copied_from": public_name(source)}
+        dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
+        record |= {"task": task.name, "role": "teacher"}
+        record |= _evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | _num_parameters(teacher)
+        _save(teacher, tokenizer, teacher_dir, record)
+    return teacher, tokenizer
+
+
+def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
+    """Run one task: majority baseline, teacher (fine-tuned or reused), then the student.
+
+    Args:
+        cfg: The run's settings.
+        command: The command line that started the run, recorded in each ``metrics.json`` written.
+
+    Returns:
+        The ``metrics.json`` records written or used, by folder name (``majority``, ``teacher``, ``student-...``).
+    """
     task = get_task(cfg.task)
     task_dir = Path(cfg.output_dir) / task.name
     teacher_dir = task_dir / "teacher"
     student_dir = task_dir / f"student-{cfg.student_name or ('pretrained' if cfg.student else 'random')}"
     raw = load_glue(task.name, cfg.glue_dir)
-    raw = datasets.DatasetDict(
-        train=_slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples),
-        validation=_slice(raw["validation"], cfg.max_eval_samples),
-    )
+    train = _slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples)
+    train, held_out = split_held_out(train, cfg.selection, cfg.held_out_fraction)
+    data = datasets.DatasetDict(train=train, validation=_slice(raw["validation"], cfg.max_eval_samples))
+    if held_out is not None:
+        data["held_out"] = held_out
+    main_process = PartialState().is_main_process
+    if main_process:
+        _write_majority(task, data, task_dir / "majority", command)
     torch.manual_seed(cfg.seed)
     if cfg.teacher or (teacher_dir / METRICS_FILE).is_file():
-        source = cfg.teacher or teacher_dir
-        logger.info("Using the fine-tuned teacher %s", source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        teacher = AutoModelForSequenceClassification.from_pretrained(source)
-        if teacher.config.num_labels != task.num_labels:
-            raise ValueError(
-                f"Teacher {source} has {teacher.config.num_labels} labels but {task.name} needs {task.num_labels}: "
-                "pass a teacher fine-tuned on this task, or --teacher-base to fine-tune one."
-            )
-        if not (teacher_dir / METRICS_FILE).is_file():
-            dev = tokenize(raw["validation"], tokenizer, cfg.teacher_max_length)
-            record = {"task": task.name, "role": "teacher", "model": public_name(source)}
-            record |= _evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | _num_parameters(teacher)
-            _save(teacher, tokenizer, teacher_dir, record)
+        teacher, tokenizer = _reuse_teacher(cfg, task, data, teacher_dir, command)
     else:
-        teacher, tokenizer = finetune_teacher(cfg, task, raw, teacher_dir)
-    teacher_record = json.loads((teacher_dir / METRICS_FILE).read_text())
-    distill_student(cfg, task, raw, teacher, tokenizer, student_dir, teacher_record)
-    (task_dir / "run_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    return {folder.name: json.loads((folder / METRICS_FILE).read_text()) for folder in (teacher_dir, student_dir)}
+        teacher, tokenizer = finetune_teacher(cfg, task, data, teacher_dir, command)
+    PartialState().wait_for_everyone()  # the main process has saved the teacher and its record
+    folders = [task_dir / "majority", teacher_dir]
+    if not cfg.teacher_only:
+        # Nothing of the evaluation enters a transfer set: all of dev (not only the evaluated slice), test, held-out.
+        exclude = _texts(raw["validation"]) + (_texts(held_out) if held_out is not None else [])
+        exclude += load_test_texts(task.name, cfg.glue_dir) if cfg.augment_copies or cfg.transfer_texts else []
+        teacher_record = json.loads((teacher_dir / METRICS_FILE).read_text())
+        distill_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, exclude, command)
+        folders.append(student_dir)
+    if main_process:
+        (task_dir / "run_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return {folder.name: json.loads((folder / METRICS_FILE).read_text()) for folder in folders}
