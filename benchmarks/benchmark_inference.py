@@ -40,6 +40,8 @@ from cmow.modeling_cmow import normalize_product
 
 MODEL2VEC_CACHE = Path.home() / ".cache" / "cmow" / "model2vec-all-minilm-l6-v2"
 OURS, LOOP, LOGITS = "CMOW Hybrid bidir (ours)", "CMOW sequential loop", "CMOW classifier logits"
+# The hashed n-gram bag (CMOWConfig.ngram_orders) on top of ours, with the default 2**18 buckets.
+NGRAM_SYSTEMS = {"CMOW + bigrams": (2,), "CMOW + bi/trigrams": (2, 3)}
 MODEL2VEC = "model2vec (from MiniLM)"
 MEMORY_BATCH = 64
 
@@ -213,6 +215,10 @@ def build(names, teacher: str, tokenizer):
         models[OURS] = cmow = CMOWModel(CMOWConfig()).eval()
         systems[OURS] = lambda texts: encode(cmow, tokenizer, texts, batch_size=len(texts))
         systems[LOOP] = loop_cmow(cmow, tokenizer)
+    for name, orders in NGRAM_SYSTEMS.items():
+        if wanted(name):
+            with_ngrams = CMOWModel(CMOWConfig(ngram_orders=orders)).eval()
+            systems[name] = lambda texts, model=with_ngrams: encode(model, tokenizer, texts, batch_size=len(texts))
     peers = {
         "BERT-base (random)": lambda: BertModel(BertConfig()).eval(),
         "DistilBERT (random)": lambda: DistilBertModel(DistilBertConfig()).eval(),

@@ -235,9 +235,10 @@ def with_random_ngrams(model):
 
 def hashed(tokens: list[int], buckets: int) -> int:
     """The documented hash in plain Python integers."""
-    value = len(tokens)
-    for token in tokens:
+    value = 0
+    for token in reversed(tokens):
         value = (value ^ (token + 1)) * 1540483477 % (2**31 - 1)
+    value ^= len(tokens)
     value = (value ^ (value >> 16)) * 668265263 % (2**31 - 1)
     return (value ^ (value >> 13)) % buckets
 
@@ -245,15 +246,18 @@ def hashed(tokens: list[int], buckets: int) -> int:
 def test_ngram_hash_has_known_values():
     ids, mask = torch.tensor([[5, 7, 9]]), torch.ones(1, 3, dtype=torch.bool)
     # Hand-computed with the formula in the docstring; position 0 has no bigram (the padding bucket, 1000).
-    assert ngram_bucket_ids(ids, mask, 2, 1000).tolist() == [[1000, 97, 859]]
-    assert ngram_bucket_ids(ids, mask, 3, 1000).tolist() == [[1000, 1000, 601]]
-    assert hashed([5, 7], 1000) == 97 and hashed([5, 7, 9], 1000) == 601
-    assert ngram_bucket_ids(ids, mask, 2, 2**18)[0, 1] == 39897
+    assert ngram_bucket_ids(ids, mask, (2, 3), 1000).tolist() == [[[1000, 938, 802], [1000, 1000, 471]]]
+    assert hashed([5, 7], 1000) == 938 and hashed([5, 7, 9], 1000) == 471
+    assert ngram_bucket_ids(ids, mask, (2,), 2**18)[0, 0, 1] == 93210
     # The documented formula, for every n-gram of a random batch.
     ids, mask = random_ids(seq=9), torch.ones(BATCH, 9, dtype=torch.bool)
-    buckets = ngram_bucket_ids(ids, mask, 3, 2**20)
+    buckets = ngram_bucket_ids(ids, mask, (2, 4), 2**20)
     for row in range(BATCH):
-        assert buckets[row, 2:].tolist() == [hashed(ids[row, i - 2 : i + 1].tolist(), 2**20) for i in range(2, 9)]
+        assert buckets[row, 0, 1:].tolist() == [hashed(ids[row, i - 1 : i + 1].tolist(), 2**20) for i in range(1, 9)]
+        assert buckets[row, 1, 3:].tolist() == [hashed(ids[row, i - 3 : i + 1].tolist(), 2**20) for i in range(3, 9)]
+    # A hole in the mask breaks the n-grams across it.
+    mask[0, 4] = False
+    assert ngram_bucket_ids(ids, mask, (2,), 2**20)[0, 0, 4:6].tolist() == [2**20, 2**20]
 
 
 def hash_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -525,7 +529,7 @@ REMOTE_CODE_CHECK = textwrap.dedent(
     # The n-gram hash of the shipped code, in this process (another PYTHONHASHSEED), equals the package's.
     ngram_bucket_ids = sys.modules[type(base).__module__].ngram_bucket_ids
     for order, buckets in expected["ngram_buckets"].items():
-        assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], order, 2**20), buckets), order
+        assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], (order,), 2**20), buckets), order
     print("remote code OK")
     """
 )
@@ -541,7 +545,7 @@ def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ng
         expected = {"logits": model(**inputs).logits, "pooled": model.cmow(inputs["input_ids"]).pooler_output}
     # Hashes of n-grams up to order 4, compared with the remote code's in another process.
     expected["hash_inputs"] = hash_inputs()
-    expected["ngram_buckets"] = {n: ngram_bucket_ids(*expected["hash_inputs"], n, 2**20) for n in (2, 3, 4)}
+    expected["ngram_buckets"] = {n: ngram_bucket_ids(*expected["hash_inputs"], (n,), 2**20) for n in (2, 3, 4)}
     assert len(expected["ngram_buckets"][2].unique()) > 20  # not a constant
     torch.save(inputs, tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")

@@ -170,41 +170,47 @@ NGRAM_HASH_MULTIPLIER = 1540483477  # MurmurHash2's m, below the modulus
 NGRAM_HASH_MIX = 668265263  # xxHash32's fourth prime, below the modulus
 
 
-def ngram_bucket_ids(input_ids: torch.Tensor, mask: torch.Tensor, order: int, buckets: int) -> torch.Tensor:
-    """Hash bucket of the n-gram of ``order`` consecutive tokens that ends at each position.
+def ngram_bucket_ids(
+    input_ids: torch.Tensor, mask: torch.Tensor, orders: tuple[int, ...], buckets: int
+) -> torch.Tensor:
+    """Hash buckets of the n-grams of each order that end at each position.
 
-    With ``P = 2**31 - 1``, ``A = NGRAM_HASH_MULTIPLIER`` and ``B = NGRAM_HASH_MIX``, for tokens ``t_1 ... t_n``
-    (oldest first): ``h = n``; for each token ``h = ((h xor (t_k + 1)) * A) mod P`` (multiply-xor); then
-    ``h = h xor (h >> 16)``, ``h = (h * B) mod P``, ``h = h xor (h >> 13)``, and the bucket is ``h mod buckets``.
-    An n-gram counts only if all its positions are in ``mask``, so n-grams never cross padding or a masked-out side
-    of a pair; positions without one get ``buckets``, the table's padding row.
+    With ``P = 2**31 - 1``, ``A = NGRAM_HASH_MULTIPLIER`` and ``B = NGRAM_HASH_MIX``, the n-gram ``t_1 ... t_n``
+    is hashed newest token first (so one pass serves every order): ``h = 0``; for ``t = t_n, ..., t_1``
+    ``h = ((h xor (t + 1)) * A) mod P`` (multiply-xor); then ``h = h xor n``, ``h = (h xor (h >> 16)) * B mod P``,
+    ``h = h xor (h >> 13)``, and the bucket is ``h mod buckets``. An n-gram counts only if all its positions are in
+    ``mask``, so n-grams never cross padding or a masked-out side of a pair; positions without one get ``buckets``,
+    the table's padding row.
 
     Args:
         input_ids: ``(batch, seq)`` token ids.
         mask: ``(batch, seq)`` bool, True where a token is read.
-        order: ``n``.
+        orders: The orders ``n``, increasing.
         buckets: Number of hash buckets.
 
     Returns:
-        ``(batch, seq)`` int64 bucket ids in ``[0, buckets]``.
+        ``(batch, len(orders), seq)`` int64 bucket ids in ``[0, buckets]``.
     """
-    seq = input_ids.shape[1]
-    ids, valid = input_ids.long(), mask.clone()
-    hashes = torch.full_like(ids, order)
-    for back in range(order - 1, -1, -1):  # the token ``back`` positions before the n-gram's end, oldest first
-        token, present = torch.zeros_like(ids), torch.zeros_like(valid)
-        token[:, back:], present[:, back:] = ids[:, : seq - back], mask[:, : seq - back]
-        hashes = (hashes ^ (token + 1)) * NGRAM_HASH_MULTIPLIER % NGRAM_HASH_MODULUS
-        valid &= present
-    hashes = (hashes ^ (hashes >> 16)) * NGRAM_HASH_MIX % NGRAM_HASH_MODULUS
-    hashes = hashes ^ (hashes >> 13)
-    return (hashes % buckets).masked_fill(~valid, buckets)
+    seq, longest = input_ids.shape[1], max(orders)
+    ids = F.pad(input_ids.long(), (longest - 1, 0))  # (batch, longest - 1 + seq): room for the oldest tokens
+    present = F.pad(mask.to(torch.uint8), (longest - 1, 0)).bool()
+    hashes, valid, out = torch.zeros_like(input_ids, dtype=torch.long), mask, []
+    for back in range(longest):  # the token ``back`` positions before the n-gram's end
+        start = longest - 1 - back
+        hashes = (hashes ^ (ids[:, start : start + seq] + 1)) * NGRAM_HASH_MULTIPLIER % NGRAM_HASH_MODULUS
+        valid = valid & present[:, start : start + seq]
+        if back + 1 in orders:
+            final = hashes ^ (back + 1)
+            final = (final ^ (final >> 16)) * NGRAM_HASH_MIX % NGRAM_HASH_MODULUS
+            out.append(((final ^ (final >> 13)) % buckets).masked_fill(~valid, buckets))
+    return torch.stack(out, dim=1)
 
 
 class NgramEmbedding(nn.Embedding):
     """Vectors of hashed token n-grams (``config.ngram_orders``): ``ngram_buckets`` rows plus a zero padding row.
 
-    Positions without an n-gram of some order look up the padding row, which is left out of sums and gradients.
+    Positions without an n-gram of some order look up the padding row, which is weighted 0 in sums (its gradient is
+    zero, so it stays zero).
     """
 
     def __init__(self, config: CMOWConfig):
@@ -214,13 +220,15 @@ class NgramEmbedding(nn.Embedding):
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, token_states: bool) -> torch.Tensor:
         """Sum of the vectors of the n-grams in each text, ``(batch, cbow)``; with ``token_states`` the sum of those
         ending at each position, ``(batch, seq, cbow)``."""
-        batch, seq = input_ids.shape
-        pad = self.padding_idx
-        ids = torch.cat([ngram_bucket_ids(input_ids, mask, n, pad) for n in self.orders], dim=1)  # (batch, orders*seq)
+        ids = ngram_bucket_ids(input_ids, mask, self.orders, self.padding_idx)  # (batch, orders, seq)
+        weights = (ids != self.padding_idx).to(self.weight.dtype)
         if not token_states:
-            return F.embedding_bag(ids, self.weight, mode="sum", padding_idx=pad, sparse=self.sparse)
-        vectors = F.embedding(ids, self.weight, padding_idx=pad, sparse=self.sparse) * (ids != pad)[..., None]
-        return vectors.view(batch, len(self.orders), seq, -1).sum(dim=1)  # (batch, seq, cbow)
+            # Weights rather than padding_idx: the same sum, and about twice as fast on CPU.
+            return F.embedding_bag(
+                ids.flatten(1), self.weight, mode="sum", per_sample_weights=weights.flatten(1), sparse=self.sparse
+            )
+        vectors = F.embedding(ids, self.weight, padding_idx=self.padding_idx, sparse=self.sparse)
+        return (vectors * weights[..., None]).sum(dim=1)  # (batch, seq, cbow)
 
 
 class CMOWEncoder(nn.Module):
