@@ -404,11 +404,11 @@ def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_pa
     lines = ["a premise\ta hypothesis", f"another premise\t{dev_sentence.upper()}", "one text", "and another"]
     texts.write_text("\n".join(lines) + "\n")
     out = tmp_path / "runs"
-    student = '{"matrix_size": 4, "cbow_size": 7, "classifier_hidden_size": 9, "ngram_orders": [2, 3], '
-    student += '"ngram_buckets": 101}'
+    tiny = '{"matrix_size": 4, "cbow_size": 7, "classifier_hidden_size": 9, "ngram_orders": [2], "ngram_buckets": 101}'
     common = ["glue", "RTE", "--output-dir", str(out), "--glue-dir", str(shared_data / "glue")]
     common += ["--teacher-base", str(base), "--teacher-epochs", "1", "--max-train-samples", "30"]
-    common += ["--max-eval-samples", "20", "--student-epochs", "1", "--student-config", student]
+    common += ["--max-eval-samples", "20", "--student-epochs", "1", "--student-config", tiny]
+    common += ["--student-config", '{"ngram_orders": [2, 3]}']  # merged with the first, later keys win
     common += ["--augment-copies", "2", "--transfer-texts", str(texts), "--label-shard-size", "16"]
     assert cli.main([*common, "--selection", "last", "--student-name", "transfer-ngrams"]) == 0
 

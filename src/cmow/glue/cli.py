@@ -41,8 +41,10 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--student-config",
         type=json.loads,
-        default={},
-        help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}')",
+        action="append",
+        default=[],
+        help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}'); may be given "
+        "more than once, later keys win",
     )
     parser.add_argument("--teacher-only", action="store_true", help="fine-tune (or reuse) the teacher and stop")
     parser.add_argument("--teacher-seed", type=int, help="seed of the teacher's fine-tuning (default: --seed)")
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         glue_dir = str(Path(os.environ[DATA_DIR_ENV]) / "glue")
     fields = set(GlueRunConfig.__dataclass_fields__) - {"task", "glue_dir"}
     settings = {name: getattr(args, name) for name in fields}
+    settings["student_config"] = {key: value for overrides in args.student_config for key, value in overrides.items()}
     command = "cmow " + shlex.join(getattr(args, "argv", sys.argv[1:]))
     for name in names:
         records = run_task(GlueRunConfig(task=name, glue_dir=glue_dir, **settings), command=command)
