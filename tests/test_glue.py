@@ -366,6 +366,7 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     assert student.config.teacher == "tiny-bert (local folder)"
     for name in ("config.json", "README.md", "cmow_training.json", "metrics.json"):
         assert str(tmp_path) not in (out / "MRPC" / "student-random" / name).read_text(), name
+    assert "--teacher-base 'tiny-bert (local folder)'" in record["command"]  # the run's command, minus local paths
     assert not (out / "MRPC" / "student-random" / "checkpoints").exists()
 
     # Second student from the first one's checkpoint: the fine-tuned teacher is reused, not trained again.

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..data import DATA_DIR_ENV
+from ..hub_cards import public_name
 from .data import TASKS, get_task
 from .report import write_report
 from .run import GlueRunConfig, run_task
@@ -84,6 +85,17 @@ def add_parser(commands) -> None:
     parser.set_defaults(func=run)
 
 
+def public_command(argv: list[str]) -> str:
+    """``cmow ARGV`` as recorded in ``metrics.json``: absolute and home paths become ``public_name``s, so the user's
+    directory layout is not published; relative paths (the repository's, as in the docs) are kept."""
+
+    def public(arg: str) -> str:
+        flag, equals, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        return flag + equals + (public_name(value) if value.startswith(("/", "~")) else value)
+
+    return "cmow " + shlex.join(public(arg) for arg in argv)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.tasks and not args.report:
         raise ValueError("Name GLUE tasks to run (or 'all'), or pass --report to only write the results table.")
@@ -96,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     fields = set(GlueRunConfig.__dataclass_fields__) - {"task", "glue_dir"}
     settings = {name: getattr(args, name) for name in fields}
     settings["student_config"] = {key: value for overrides in args.student_config for key, value in overrides.items()}
-    command = "cmow " + shlex.join(getattr(args, "argv", sys.argv[1:]))
+    command = public_command(getattr(args, "argv", sys.argv[1:]))
     for name in names:
         records = run_task(GlueRunConfig(task=name, glue_dir=glue_dir, **settings), command=command)
         for role, record in records.items():
