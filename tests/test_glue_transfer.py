@@ -245,3 +245,5 @@ def test_joined_train_set_masks_the_gold_labels_of_transfer_examples(tokenizer, 
     assert joined[GOLD_MASK] == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert joined[TEACHER_LOGITS][2:] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     assert joined["input_ids"][2] == tokenizer("fine")["input_ids"]
+    empty = tokenize(datasets.Dataset.from_dict({"text_a": []}), tokenizer)
+    assert join_transfer_set(train, empty, np.zeros((0, 2), dtype=np.float32)) is train

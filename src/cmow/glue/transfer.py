@@ -224,8 +224,12 @@ def join_transfer_set(train: datasets.Dataset, transfer: datasets.Dataset, logit
     """The student's train set: ``train`` (tokenized, with ``teacher_logits``) followed by ``transfer`` (tokenized).
 
     Transfer examples get the teacher's ``logits``, a placeholder label (0) and ``gold_mask`` 0; train examples get
-    ``gold_mask`` 1, so the gold-label loss counts only them (``distill_trainer.distillation_loss``).
+    ``gold_mask`` 1, so the gold-label loss counts only them (``distill_trainer.distillation_loss``). An empty
+    transfer set (everything dropped) leaves ``train`` as it is.
     """
+    if len(transfer) == 0:
+        logger.warning("The transfer set is empty (every candidate was dropped): training on the train set only.")
+        return train
     transfer = transfer.add_column(TEACHER_LOGITS, logits.tolist())
     transfer = transfer.add_column("label", [0] * len(transfer)).cast_column("label", train.features["label"])
     train = train.add_column(GOLD_MASK, [1.0] * len(train))
