@@ -9,8 +9,10 @@ Every model is used as a frozen text -> vector function; nothing is fine-tuned:
   sentences with two adjacent words swapped (SentEval's bigram shift). A bag of words scores 50%. The sentences come
   from the Gutenberg paragraphs the default distillation corpus holds out (``cmow.distill.default_corpus``).
 
-Logistic regressions standardise the features first, so a model's scale does not decide the result. Throughput is
-raw text to embeddings on SST-2 dev, best of three passes, on the threads torch uses.
+Logistic regressions standardise the features first, so a model's scale does not decide the result, and choose their
+L2 regularisation from ``C`` in {0.01, 0.1, 1, 10} by 3-fold cross-validation on the training data (as SentEval
+does; never on dev): with 1,152 pair features and 3,668 MRPC pairs an unregularised fit overfits. Throughput is raw
+text to embeddings on SST-2 dev, best of three passes, on the threads torch uses.
 """
 
 import logging
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -73,8 +75,14 @@ def word_order_probe(folder: str | os.PathLike | None = None, count: int = WORD_
     return texts[:split], labels[:split], texts[split:], labels[split:]
 
 
+REGULARISATION = (0.01, 0.1, 1.0, 10.0)
+
+
 def _classifier(seed: int):
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    """Standardised features, logistic regression with ``C`` chosen by 3-fold cross-validation on the train data."""
+    return make_pipeline(
+        StandardScaler(), LogisticRegressionCV(Cs=list(REGULARISATION), cv=3, max_iter=1000, random_state=seed)
+    )
 
 
 def evaluate_embedder(
