@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs with distinct odd sizes, the real teacher tokenizer, the shared data folder."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,12 @@ def random_ids(batch: int = BATCH, seq: int = SEQ, generator_seed: int = 0) -> t
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Hide the compiled kernel, as when cmow is installed without it: the encoder runs its torch path."""
+    monkeypatch.delitem(sys.modules, "cmow._kernel", raising=False)
 
 
 @pytest.fixture(scope="session")

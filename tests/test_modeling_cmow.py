@@ -535,8 +535,9 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 )
 
 
-def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ngrams_alike(tmp_path):
+def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ngrams_alike(tmp_path, torch_path):
     # With a pooler (embedding_size), as distilled students have, and hashed n-grams: both must travel with the code.
+    # The remote process has no compiled kernel; with the torch path here too, the outputs must be identical.
     config = ngram_config(num_labels=3, pair_encoding="diffcat", embedding_size=13)
     model = with_random_ngrams(CMOWForSequenceClassification(config)).eval()
     model.save_pretrained(tmp_path / "checkpoint")

@@ -1,5 +1,7 @@
 """The fast paths of the encoder equal the plain reference computations."""
 
+import sys
+
 import pytest
 import torch
 
@@ -52,8 +54,11 @@ def test_tree_product_leaves_its_input_unchanged_and_in_place_rescaling_matches_
     torch.testing.assert_close(leaf.grad, reference_leaf.grad.float(), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("encoder,bidirectional", [("hybrid", True), ("cmow", False), ("cbow", False)])
-def test_pooled_fast_path_equals_the_pooled_token_states_path(encoder, bidirectional):
+def test_pooled_fast_path_equals_the_pooled_token_states_path(encoder, bidirectional, kernel, monkeypatch):
+    if not kernel:
+        monkeypatch.delitem(sys.modules, "cmow._kernel", raising=False)
     model = CMOWModel(tiny_config(encoder=encoder, bidirectional=bidirectional)).eval()
     input_ids = random_ids(5, 9)
     mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -67,7 +72,7 @@ def test_pooled_fast_path_equals_the_pooled_token_states_path(encoder, bidirecti
 
 
 @pytest.mark.parametrize("chunk_matrices", [100, 8192])
-def test_large_batches_give_the_same_rows_as_single_texts(chunk_matrices, monkeypatch):
+def test_large_batches_give_the_same_rows_as_single_texts(chunk_matrices, monkeypatch, torch_path):
     monkeypatch.setattr(modeling_cmow, "PRODUCT_CHUNK_MATRICES", chunk_matrices)  # 100: chunks of 5 rows
     model = CMOWModel(tiny_config(vocab_size=VOCAB)).eval()
     input_ids = random_ids(257, 17)

@@ -1,7 +1,11 @@
 """cmow: distil pretrained language models into tiny, fast matrix-embedding (CMOW) models.
 
-Importing the package registers the CMOW config and models with the transformers Auto classes.
+Importing the package registers the CMOW config and models with the transformers Auto classes, and loads the compiled
+kernel ``cmow._kernel`` when it was built (``CMOW_NO_EXTENSION=1`` leaves it out; see setup.py).
 """
+
+import logging
+import os
 
 from transformers import (
     AutoConfig,
@@ -20,6 +24,14 @@ from .modeling_cmow import (
 )
 
 __version__ = "0.1.0"
+
+logger = logging.getLogger(__name__)
+
+if os.environ.get("CMOW_NO_EXTENSION", "") in ("", "0"):
+    try:
+        from . import _kernel  # noqa: F401  (found by modeling_cmow.compiled_pooled_features in sys.modules)
+    except ImportError as error:
+        logger.debug("cmow's compiled kernel is not available (%s): the torch path runs.", error)
 
 AutoConfig.register(CMOWConfig.model_type, CMOWConfig, exist_ok=True)
 AutoModel.register(CMOWConfig, CMOWModel, exist_ok=True)

@@ -11,12 +11,15 @@ intermediate ever larger than ``max ||E||^2``. Products always run in float32, a
 model, and are cast back to the model's dtype at the end.
 
 Speed: no Python loop runs over positions. The pooled product is a pairwise (log-depth) reduction; per-token prefix
-products are a Hillis-Steele parallel scan, also log-depth.
+products are a Hillis-Steele parallel scan, also log-depth. For inference on the CPU, the pooled features come from
+the compiled kernel ``cmow._kernel`` when the cmow package was installed with it and has been imported (see
+``compiled_pooled_features``); it computes the same products left to right and agrees with the torch path to 1e-5.
 
 This file is shipped as remote code next to saved checkpoints: it imports only torch, transformers and its config.
 """
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +122,65 @@ def tree_product(matrices: torch.Tensor) -> torch.Tensor:
     """
     order = torch.tensor(tree_order(matrices.shape[1]), device=matrices.device)
     return tree_reduce(matrices.transpose(0, 1)[order])  # (n, batch, d, d) in tree order
+
+
+# The compiled kernel is looked up among the imported modules, never imported here: this file must load as remote code
+# with only torch and transformers installed. `import cmow` imports it when it was built (see setup.py).
+KERNEL_MODULE = "cmow._kernel"
+_KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def compiled_pooled_features(
+    encoder: "CMOWEncoder", input_ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor | None:
+    """Pooled ``[cbow; cmow_fw - I; cmow_bw - I]`` features by the compiled kernel, or ``None`` where it cannot run.
+
+    It applies when ``cmow._kernel`` is loaded, autograd is off (``torch.no_grad`` or ``torch.inference_mode``), the
+    inputs are on the CPU, ``matrix_size <= 32`` and the tables are float32, float16 or bfloat16; otherwise the caller
+    runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5; tests/test_kernel.py). One call
+    per batch does the lookups, the masking, the products with their rescaling, the CBOW bag and the identity offset.
+
+    Returns:
+        ``(batch, hidden_size)`` float32, before dropout.
+    """
+    kernel = sys.modules.get(KERNEL_MODULE)
+    config = encoder.config
+    if kernel is None or torch.is_grad_enabled() or input_ids.device.type != "cpu":
+        return None
+    matrix_tables = [t.weight for t in (encoder.cmow_embeddings, encoder.cmow_bw_embeddings) if t is not None]
+    cbow = encoder.cbow_embeddings.weight if encoder.cbow_embeddings is not None else None
+    tables = matrix_tables + ([cbow] if cbow is not None else [])
+    widths = [config.matrix_features] * len(matrix_tables) + ([config.cbow_size] if cbow is not None else [])
+    if (
+        config.matrix_size > kernel.max_matrix_size
+        or len({t.dtype for t in matrix_tables}) > 1
+        or any(
+            t.dtype not in _KERNEL_DTYPES or t.device.type != "cpu" or not t.is_contiguous() or t.shape[1] != width
+            for t, width in zip(tables, widths, strict=True)
+        )
+    ):
+        return None
+    input_ids = input_ids.to(torch.int64).contiguous()
+    mask = mask.to(torch.bool).contiguous()
+    out = torch.empty(input_ids.shape[0], config.hidden_size)
+    matrix_pointers = [t.data_ptr() for t in matrix_tables] + [0, 0]
+    kernel.pooled(
+        out.data_ptr(),
+        config.hidden_size,
+        input_ids.data_ptr(),
+        mask.data_ptr(),
+        *input_ids.shape,
+        min(t.shape[0] for t in tables),  # ids are checked against the rows the kernel may read
+        config.matrix_size,
+        *matrix_pointers[:2],
+        _KERNEL_DTYPES[matrix_tables[0].dtype] if matrix_tables else 0,
+        0 if cbow is None else cbow.data_ptr(),
+        config.cbow_size if cbow is not None else 0,
+        _KERNEL_DTYPES[cbow.dtype] if cbow is not None else 0,
+        config.cbow_pooling == "mean",
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def prefix_products(matrices: torch.Tensor) -> torch.Tensor:
@@ -263,6 +325,8 @@ class CMOWEncoder(nn.Module):
         Returns:
             ``(token_states, pooled)``: ``(batch, seq, hidden)`` or ``None``, and ``(batch, hidden)``, in float32.
         """
+        if not token_states and (pooled := compiled_pooled_features(self, input_ids, mask)) is not None:
+            return None, self.dropout(pooled)
         batch, seq = input_ids.shape
         tokens, pooled = [], []
         # Products stay in float32 also under autocast: bf16 has too few mantissa bits for long products.

@@ -1,0 +1,59 @@
+"""Builds the optional compiled kernel ``cmow._kernel``; all other metadata is in pyproject.toml.
+
+The kernel is plain C++ against the Python C API (no torch headers, nothing downloaded), compiled with the machine's
+compiler during ``pip install`` (``pip install -e .`` too). If it cannot be built, the install goes on without it
+with a warning, and cmow runs its torch path. ``CMOW_NO_EXTENSION=1`` skips the build (and, at run time, the kernel).
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that warns instead of failing when the compiler is missing or fails."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as error:  # no compiler at all: distutils raises several unrelated error types
+            self._warn(error)
+
+    def build_extension(self, extension):
+        try:
+            super().build_extension(extension)
+        except Exception as error:
+            self._warn(error)
+
+    @staticmethod
+    def _warn(error: Exception) -> None:
+        message = (
+            f"WARNING: cmow's compiled kernel was not built ({type(error).__name__}: {error}). cmow works without it, "
+            "on its slower torch path; install a C++ compiler (e.g. `apt install g++`) and reinstall to build it."
+        )
+        print(message, file=sys.stderr)
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("CMOW_NO_EXTENSION", "") not in ("", "0"):
+        print("CMOW_NO_EXTENSION is set: not building cmow's compiled kernel.", file=sys.stderr)
+        return []
+    if sys.platform == "win32":
+        args, link_args = ["/O2", "/std:c++17"], []
+    else:
+        args, link_args = ["-O3", "-std=c++17", "-pthread", "-fvisibility=hidden"], ["-pthread"]
+    return [
+        Extension(
+            "cmow._kernel",
+            sources=["src/cmow/_kernel.cpp"],
+            language="c++",
+            extra_compile_args=args,
+            extra_link_args=link_args,
+            optional=True,
+        )
+    ]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,499 @@
+// cmow._kernel: the pooled CMOW features of a batch in one call, on the CPU (optional; see setup.py).
+//
+// For each text (a row of token ids with a mask) it writes [cbow; fw - I; bw - I] into one row of a float32 output:
+// the sum or mean of the CBOW vectors, and for each matrix table the ordered product of the token matrices
+// (backward table: in reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked positions are
+// skipped (the identity); a text with no unmasked position gives zeros. It is the compiled twin of the torch path in
+// modeling_cmow.py (`CMOWEncoder.forward` without token states), called through `compiled_pooled_features` there,
+// which checks every argument; call it only through that function.
+//
+// Numerics: float32 throughout (fp16 and bf16 tables are widened on load). One text's product is a tree reduction,
+// like the torch path's (see `chain`); every partial product is rescaled to norm sqrt(d) before it is multiplied
+// again (folded into that product's store), so no intermediate is larger than max(sqrt(d), ||E||)^2 and the result
+// is the direction P * sqrt(d) / ||P||_F of the true product.
+//
+// Speed: the gather, the mask, the products, the rescaling, the bag and the identity offset are fused; rows are
+// shared among threads. The product of two d x d matrices (d <= 32) uses AVX2/FMA when the CPU has it (chosen at
+// run time; rows padded to a multiple of 8 floats, register-blocked), else portable loops the compiler vectorises.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define CMOW_HAVE_AVX2 1
+#include <immintrin.h>
+#else
+#define CMOW_HAVE_AVX2 0
+#endif
+
+namespace {
+
+constexpr int kMaxD = 32;
+constexpr int kMaxStride = 32;            // row stride of the padded working matrices: d rounded up to 8
+constexpr float kNormEps = 1e-20f;        // as _NORM_EPS in modeling_cmow.py
+constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseconds: spawn one per ~100 us of work
+
+enum Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct Job {
+    float* out;
+    int64_t out_stride;
+    const int64_t* ids;
+    const uint8_t* mask;
+    int64_t batch, seq;
+    int d;
+    const void* tables[2];  // forward, backward (either may be null)
+    int matrix_dtype;
+    const void* cbow;
+    int64_t cbow_size;
+    int cbow_dtype;
+    bool cbow_mean;
+    std::atomic<int64_t> next_row{0};
+};
+
+// One thread's working memory: the stack of partial products of the tree reduction (padded d x stride matrices,
+// zero-initialised so that their padding columns are zero) and a buffer to widen half-precision rows into.
+struct Workspace {
+    Workspace(int d, int64_t seq) : size(d * padded(d)), depth(2), flat(static_cast<size_t>(d) * d) {
+        while ((int64_t{1} << (depth - 2)) < seq) ++depth;  // the stack never holds more than log2(seq) + 2 entries
+        storage.assign(static_cast<size_t>(depth) * size + 8, 0.0f);
+        level.resize(depth);
+        scale.resize(depth);
+    }
+    float* matrix(int index) {  // 32-byte aligned
+        float* base = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / sizeof(float) % 8) % 8;
+        return base + static_cast<size_t>(index) * size;
+    }
+    static int padded(int d) { return (d + 7) / 8 * 8; }
+
+    int size, depth;
+    std::vector<float> storage, flat, scale;
+    std::vector<int> level;
+};
+
+inline int padded(int d) { return Workspace::padded(d); }
+
+// Asks for a table row ahead of its use: rows of random tokens are cache misses, and a product hides their latency.
+inline void prefetch(const void* table, int dtype, int64_t offset, int64_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+    const int element = dtype == kFloat32 ? 4 : 2;
+    const char* start = static_cast<const char*>(table) + offset * element;
+    for (int64_t byte = 0; byte < n * element; byte += 64) __builtin_prefetch(start + byte);
+#else
+    (void)table, (void)dtype, (void)offset, (void)n;
+#endif
+}
+
+inline float bf16_to_float(uint16_t bits) {
+    uint32_t word = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return value;
+}
+
+inline float fp16_to_float(uint16_t bits) {
+    uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+    uint32_t exponent = (bits >> 10) & 0x1fu;
+    uint32_t mantissa = bits & 0x3ffu;
+    uint32_t word;
+    if (exponent == 0x1f) {
+        word = sign | 0x7f800000u | (mantissa << 13);  // inf, nan
+    } else if (exponent != 0) {
+        word = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        word = sign;
+    } else {  // subnormal: normalise the mantissa
+        int shift = 0;
+        while (!(mantissa & 0x400u)) {
+            mantissa <<= 1;
+            ++shift;
+        }
+        word = sign | ((113 - shift) << 23) | ((mantissa & 0x3ffu) << 13);
+    }
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return value;
+}
+
+// --- portable path: plain loops (auto-vectorised by the compiler for the baseline ISA) ---
+
+struct Generic {
+    static void widen(const void* table, int dtype, int64_t offset, int64_t n, float* dst) {
+        if (dtype == kFloat32) {
+            std::memcpy(dst, static_cast<const float*>(table) + offset, n * sizeof(float));
+        } else {
+            const uint16_t* src = static_cast<const uint16_t*>(table) + offset;
+            for (int64_t i = 0; i < n; ++i) dst[i] = dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
+        }
+    }
+
+    static void accumulate(const void* table, int dtype, int64_t offset, int64_t n, float* acc) {
+        if (dtype == kFloat32) {
+            const float* src = static_cast<const float*>(table) + offset;
+            for (int64_t i = 0; i < n; ++i) acc[i] += src[i];
+        } else {
+            const uint16_t* src = static_cast<const uint16_t*>(table) + offset;
+            for (int64_t i = 0; i < n; ++i) acc[i] += dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
+        }
+    }
+
+    // The d x d matrix `src` into rows of `stride` floats (the padding columns of `dst` are left as they are: zero).
+    static void pad_rows(const float* src, int d, int stride, float* dst) {
+        for (int r = 0; r < d; ++r) std::memcpy(dst + r * stride, src + r * d, d * sizeof(float));
+    }
+
+    // C = scale * (P @ E) on d rows of `stride` floats (E's padding columns are zero, so C's are too); returns ||C||^2.
+    // C may be P: each row of C is written after the row of P it comes from was read.
+    static float matmul(const float* P, const float* E, float* C, int d, int stride, float scale) {
+        float squares = 0.0f;
+        float row[kMaxStride];
+        for (int i = 0; i < d; ++i) {
+            for (int j = 0; j < stride; ++j) row[j] = 0.0f;
+            for (int k = 0; k < d; ++k) {
+                const float p = P[i * stride + k];
+                const float* e = E + k * stride;
+                for (int j = 0; j < stride; ++j) row[j] += p * e[j];
+            }
+            for (int j = 0; j < stride; ++j) {
+                const float c = row[j] * scale;
+                C[i * stride + j] = c;
+                squares += c * c;
+            }
+        }
+        return squares;
+    }
+};
+
+// --- AVX2/FMA path ---
+
+#if CMOW_HAVE_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+struct Avx2 {
+    static void widen(const void* table, int dtype, int64_t offset, int64_t n, float* dst) {
+        if (dtype == kFloat32) {
+            std::memcpy(dst, static_cast<const float*>(table) + offset, n * sizeof(float));
+            return;
+        }
+        const uint16_t* src = static_cast<const uint16_t*>(table) + offset;
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src + i, dtype));
+        for (; i < n; ++i) dst[i] = dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
+    }
+
+    static void accumulate(const void* table, int dtype, int64_t offset, int64_t n, float* acc) {
+        int64_t i = 0;
+        if (dtype == kFloat32) {
+            const float* src = static_cast<const float*>(table) + offset;
+            for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_loadu_ps(src + i)));
+            for (; i < n; ++i) acc[i] += src[i];
+            return;
+        }
+        const uint16_t* src = static_cast<const uint16_t*>(table) + offset;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), load8(src + i, dtype)));
+        for (; i < n; ++i) acc[i] += dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
+    }
+
+    static void pad_rows(const float* src, int d, int stride, float* dst) {
+        const int full = d / 8 * 8;
+        const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(d - full), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int r = 0; r < d; ++r, src += d, dst += stride) {
+            for (int c = 0; c < full; c += 8) _mm256_store_ps(dst + c, _mm256_loadu_ps(src + c));
+            if (full < d) _mm256_store_ps(dst + full, _mm256_maskload_ps(src + full, tail));  // zeros past d
+        }
+    }
+
+    static inline __m256 load8(const uint16_t* src, int dtype) {
+        __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+        if (dtype == kFloat16) return _mm256_cvtph_ps(half);
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+    }
+
+    // Rows [0, RB) of C = scale * (P @ E), NV vectors of 8 floats per row, all in registers (RB * NV <= 12);
+    // returns squares + the squares of those rows. (d >= 1: a loop that may run zero times makes GCC keep the
+    // accumulators in memory.)
+    template <int NV, int RB>
+    static inline __m256 block(const float* P, const float* E, float* C, int d, __m256 scale, __m256 squares) {
+        constexpr int S = 8 * NV;
+        __m256 acc[RB][NV];
+        for (int r = 0; r < RB; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
+        int k = 0;
+        do {
+            __m256 e[NV];
+            for (int v = 0; v < NV; ++v) e[v] = _mm256_load_ps(E + k * S + 8 * v);
+            for (int r = 0; r < RB; ++r) {
+                const __m256 p = _mm256_broadcast_ss(P + r * S + k);
+                for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(p, e[v], acc[r][v]);
+            }
+        } while (++k < d);
+        for (int r = 0; r < RB; ++r)
+            for (int v = 0; v < NV; ++v) {
+                const __m256 c = _mm256_mul_ps(acc[r][v], scale);
+                _mm256_store_ps(C + r * S + 8 * v, c);
+                squares = _mm256_fmadd_ps(c, c, squares);
+            }
+        return squares;
+    }
+
+    // The last `rows` (< RB) rows, by the largest smaller block first.
+    template <int NV, int RB>
+    static inline __m256 tail(const float* P, const float* E, float* C, int d, int rows, __m256 scale, __m256 sq) {
+        if constexpr (RB > 1) {
+            constexpr int S = 8 * NV;
+            if (rows >= RB - 1) {
+                sq = block<NV, RB - 1>(P, E, C, d, scale, sq);
+                return tail<NV, RB - 1>(P + (RB - 1) * S, E, C + (RB - 1) * S, d, rows - (RB - 1), scale, sq);
+            }
+            return tail<NV, RB - 1>(P, E, C, d, rows, scale, sq);
+        }
+        return sq;
+    }
+
+    template <int NV>
+    static float matmul_nv(const float* P, const float* E, float* C, int d, float scale) {
+        constexpr int S = 8 * NV;
+        constexpr int RB = NV == 1 ? 8 : NV == 2 ? 5 : NV == 3 ? 4 : 3;
+        const __m256 factor = _mm256_set1_ps(scale);
+        __m256 squares = _mm256_setzero_ps();
+        int r = 0;
+        for (; r + RB <= d; r += RB) squares = block<NV, RB>(P + r * S, E, C + r * S, d, factor, squares);
+        squares = tail<NV, RB>(P + r * S, E, C + r * S, d, d - r, factor, squares);
+        __m128 sum = _mm_add_ps(_mm256_castps256_ps128(squares), _mm256_extractf128_ps(squares, 1));
+        sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+        sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+        return _mm_cvtss_f32(sum);
+    }
+
+    static float matmul(const float* P, const float* E, float* C, int d, int stride, float scale) {
+        switch (stride) {
+            case 8: return matmul_nv<1>(P, E, C, d, scale);
+            case 16: return matmul_nv<2>(P, E, C, d, scale);
+            case 24: return matmul_nv<3>(P, E, C, d, scale);
+            default: return matmul_nv<4>(P, E, C, d, scale);
+        }
+    }
+};
+
+#pragma GCC pop_options
+#endif
+
+// --- one text, shared by both paths ---
+
+template <class Ops>
+void load_matrix(const Job& job, const void* table, int64_t id, float* dst, Workspace& work) {
+    const int d = job.d, stride = padded(d);
+    const int64_t offset = id * d * d;
+    const float* src;
+    if (job.matrix_dtype == kFloat32) {
+        src = static_cast<const float*>(table) + offset;
+    } else {
+        Ops::widen(table, job.matrix_dtype, offset, static_cast<int64_t>(d) * d, work.flat.data());
+        src = work.flat.data();
+    }
+    Ops::pad_rows(src, d, stride, dst);
+}
+
+// The rescaled product of the unmasked positions' matrices, minus the identity, into out[0, d*d).
+//
+// The product is a tree reduction, as in the torch path, not a left-to-right loop: in a loop every step's rounding
+// error moves the product's left singular vectors for good (only later factors multiply it, from the right), and
+// over 16k tokens the error grows to 1e-3; along a tree only log2(n) products lie on any path. The tree is built as
+// a binary counter on a stack: each entry holds the product of 2^level consecutive positions, and two entries of
+// the same level merge (left times right) as soon as they meet; at the end the stack is merged right to left.
+template <class Ops>
+void chain(const Job& job, const void* table, bool reverse, const int64_t* ids, const uint8_t* mask, float* out,
+           Workspace& work) {
+    const int d = job.d, stride = padded(d);
+    const float target = std::sqrt(static_cast<float>(d));
+    int top = 0;  // entries on the stack
+    auto merge = [&]() {  // the top two entries into one, in place of the left one; rescaled via `scale`
+        float* left = work.matrix(top - 2);
+        const float squares =
+            Ops::matmul(left, work.matrix(top - 1), left, d, stride, work.scale[top - 2] * work.scale[top - 1]);
+        work.scale[top - 2] = target / std::max(std::sqrt(squares), kNormEps);
+        work.level[top - 2] += 1;
+        --top;
+    };
+    for (int64_t step = 0; step < job.seq; ++step) {
+        const int64_t position = reverse ? job.seq - 1 - step : step;
+        if (step + 1 < job.seq) {
+            const int64_t ahead = reverse ? position - 1 : position + 1;
+            prefetch(table, job.matrix_dtype, ids[ahead] * d * d, static_cast<int64_t>(d) * d);
+        }
+        if (!mask[position]) continue;
+        load_matrix<Ops>(job, table, ids[position], work.matrix(top), work);
+        work.scale[top] = 1.0f;  // a token's matrix enters unscaled: products of two stay far from overflow
+        work.level[top] = 0;
+        ++top;
+        while (top >= 2 && work.level[top - 1] == work.level[top - 2]) merge();
+    }
+    if (top == 0) {  // nothing unmasked: the identity, minus the identity
+        std::fill(out, out + d * d, 0.0f);
+        return;
+    }
+    while (top >= 2) merge();
+    const float* product = work.matrix(0);
+    float squares = 0.0f;
+    for (int r = 0; r < d; ++r)
+        for (int c = 0; c < d; ++c) squares += product[r * stride + c] * product[r * stride + c];
+    const float scale = target / std::max(std::sqrt(squares), kNormEps);
+    for (int r = 0; r < d; ++r)
+        for (int c = 0; c < d; ++c) out[r * d + c] = product[r * stride + c] * scale - (r == c ? 1.0f : 0.0f);
+}
+
+template <class Ops>
+void encode_row(const Job& job, int64_t row, Workspace& work) {
+    const int64_t* ids = job.ids + row * job.seq;
+    const uint8_t* mask = job.mask + row * job.seq;
+    float* out = job.out + row * job.out_stride;
+    if (job.cbow != nullptr) {
+        std::fill(out, out + job.cbow_size, 0.0f);
+        int64_t count = 0;
+        constexpr int64_t kAhead = 2;
+        for (int64_t position = 0; position < std::min(kAhead, job.seq); ++position)
+            prefetch(job.cbow, job.cbow_dtype, ids[position] * job.cbow_size, job.cbow_size);
+        for (int64_t position = 0; position < job.seq; ++position) {
+            if (position + kAhead < job.seq)
+                prefetch(job.cbow, job.cbow_dtype, ids[position + kAhead] * job.cbow_size, job.cbow_size);
+            if (!mask[position]) continue;
+            Ops::accumulate(job.cbow, job.cbow_dtype, ids[position] * job.cbow_size, job.cbow_size, out);
+            ++count;
+        }
+        if (job.cbow_mean) {
+            const float denominator = static_cast<float>(std::max<int64_t>(count, 1));
+            for (int64_t i = 0; i < job.cbow_size; ++i) out[i] /= denominator;
+        }
+        out += job.cbow_size;
+    }
+    for (int t = 0; t < 2; ++t) {
+        if (job.tables[t] == nullptr) continue;
+        chain<Ops>(job, job.tables[t], t == 1, ids, mask, out, work);
+        out += job.d * job.d;
+    }
+}
+
+template <class Ops>
+void work(Job* job) {
+    Workspace workspace(job->d, job->seq);
+    for (int64_t row; (row = job->next_row.fetch_add(1)) < job->batch;) encode_row<Ops>(*job, row, workspace);
+}
+
+bool use_avx2 = false;
+
+void run(Job& job, int threads) {
+    void (*worker)(Job*) = work<Generic>;
+#if CMOW_HAVE_AVX2
+    if (use_avx2) worker = work<Avx2>;
+#endif
+    const int64_t tables = (job.tables[0] != nullptr) + (job.tables[1] != nullptr);
+    const int64_t products = job.batch * std::max<int64_t>(job.seq * tables, 1);
+    const int64_t wanted = std::min<int64_t>({threads, job.batch, 1 + products / kProductsPerThread});
+    std::vector<std::thread> helpers;
+    for (int64_t i = 1; i < wanted; ++i) helpers.emplace_back(worker, &job);
+    worker(&job);
+    for (auto& helper : helpers) helper.join();
+}
+
+bool cpu_has_avx2() {
+#if CMOW_HAVE_AVX2
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+PyObject* pooled(PyObject*, PyObject* args) {
+    unsigned long long out, ids, mask, forward, backward, cbow;
+    Py_ssize_t out_stride, batch, seq, vocab, cbow_size;
+    int d, matrix_dtype, cbow_dtype, cbow_mean, threads;
+    if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipi", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab, &d,
+                          &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean, &threads))
+        return nullptr;
+    if (d < 1 || d > kMaxD || matrix_dtype < 0 || matrix_dtype > 2 || cbow_dtype < 0 || cbow_dtype > 2) {
+        PyErr_Format(PyExc_ValueError, "cmow._kernel.pooled: matrix size %d or a table dtype is not supported.", d);
+        return nullptr;
+    }
+    const int64_t* id_data = reinterpret_cast<const int64_t*>(ids);
+    for (int64_t i = 0; i < static_cast<int64_t>(batch) * seq; ++i) {
+        if (id_data[i] < 0 || id_data[i] >= vocab) {
+            PyErr_Format(PyExc_ValueError, "Token id %lld is outside [0, %zd): the tokenizer does not match the model.",
+                         static_cast<long long>(id_data[i]), vocab);
+            return nullptr;
+        }
+    }
+    Job job;
+    job.out = reinterpret_cast<float*>(out);
+    job.out_stride = out_stride;
+    job.ids = id_data;
+    job.mask = reinterpret_cast<const uint8_t*>(mask);
+    job.batch = batch;
+    job.seq = seq;
+    job.d = d;
+    job.tables[0] = reinterpret_cast<const void*>(forward);
+    job.tables[1] = reinterpret_cast<const void*>(backward);
+    job.matrix_dtype = matrix_dtype;
+    job.cbow = reinterpret_cast<const void*>(cbow);
+    job.cbow_size = cbow_size;
+    job.cbow_dtype = cbow_dtype;
+    job.cbow_mean = cbow_mean != 0;
+    Py_BEGIN_ALLOW_THREADS
+    run(job, std::max(threads, 1));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+PyObject* set_isa(PyObject* module, PyObject* arg) {
+    const char* name = PyUnicode_AsUTF8(arg);
+    if (name == nullptr) return nullptr;
+    if (std::strcmp(name, "generic") == 0) {
+        use_avx2 = false;
+    } else if (std::strcmp(name, "avx2") == 0 && cpu_has_avx2()) {
+        use_avx2 = true;
+    } else {
+        PyErr_Format(PyExc_ValueError, "ISA %R is not available here; use 'generic'%s.", arg,
+                     cpu_has_avx2() ? " or 'avx2'" : "");
+        return nullptr;
+    }
+    if (PyModule_AddStringConstant(module, "isa", name) < 0) return nullptr;
+    Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"pooled", pooled, METH_VARARGS,
+     "pooled(out, out_stride, ids, mask, batch, seq, vocab, d, forward, backward, matrix_dtype, cbow, cbow_size, "
+     "cbow_dtype, cbow_mean, threads): the pooled [cbow; fw - I; bw - I] features of a batch, written into `out`. "
+     "Arguments named after tensors are their data pointers (0: no such table); dtypes: 0 float32, 1 float16, "
+     "2 bfloat16. Private: call it through cmow.modeling_cmow.compiled_pooled_features, which checks them."},
+    {"set_isa", set_isa, METH_O, "set_isa(name): use 'avx2' or 'generic' code from now on (for tests)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_kernel", "CMOW's compiled pooled-product kernel (optional).", -1,
+                          methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__kernel() {
+    PyObject* module = PyModule_Create(&module_def);
+    if (module == nullptr) return nullptr;
+    use_avx2 = cpu_has_avx2();
+    if (PyModule_AddStringConstant(module, "isa", use_avx2 ? "avx2" : "generic") < 0 ||
+        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0) {
+        Py_DECREF(module);
+        return nullptr;
+    }
+    return module;
+}
