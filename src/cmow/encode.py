@@ -97,21 +97,30 @@ def encode(
     base = model.base_model
     config = base.config
     pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-    size = config.sentence_embedding_size if output == "sentence_embedding" else config.hidden_size
-    embeddings = torch.empty(len(texts), size)
-    chunk_size = batch_size * CHUNK_BATCHES
     was_training = base.training
-    base.eval()
+    if was_training:  # eval() and train() walk every module: skipped when there is nothing to switch
+        base.eval()
     try:
         with torch.inference_mode():
-            _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad_token_id, output)
+            embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output)
     finally:
-        base.train(was_training)
+        if was_training:
+            base.train()
+    if embeddings is None:  # no texts
+        embeddings = torch.empty(0, config.sentence_embedding_size if output == OUTPUTS[0] else config.hidden_size)
     return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
 
 
-def _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad_token_id, output) -> None:
-    """Fill ``embeddings`` with the ``output`` of ``base`` for ``texts``, chunk by chunk, in length-sorted batches."""
+def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> torch.Tensor | None:
+    """The ``output`` of ``base`` for ``texts`` (``None`` for no texts), chunk by chunk, in length-sorted batches.
+
+    Calls ``pooled_features`` and the pooler rather than ``forward``: the same computation without building an output
+    object per batch, which at batch 1 costs as much as the encoder itself.
+    """
+    embeddings = None
+    device = base.device
+    pooler = base.pooler if output == "sentence_embedding" else None
+    chunk_size = batch_size * CHUNK_BATCHES
     specials = tokenizer.num_special_tokens_to_add()
     for chunk_start in range(0, len(texts), chunk_size):
         ids = _token_ids(tokenizer, texts[chunk_start : chunk_start + chunk_size])
@@ -126,6 +135,10 @@ def _encode_into(embeddings, base, tokenizer, texts, batch_size, chunk_size, pad
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-            result = base(input_ids.to(base.device), mask.to(base.device), output_token_states=False)
-            vectors = result.pooler_output if output == "sentence_embedding" else result.pooled_features
+            vectors = base.pooled_features(input_ids.to(device), mask.to(device))  # (rows, hidden_size)
+            if pooler is not None:
+                vectors = pooler(vectors)  # (rows, sentence_embedding_size)
+            if embeddings is None:
+                embeddings = torch.empty(len(texts), vectors.shape[1])
             embeddings[[chunk_start + i for i in rows]] = vectors.float().cpu()
+    return embeddings

@@ -136,48 +136,49 @@ def compiled_pooled_features(
     """Pooled ``[cbow; cmow_fw - I; cmow_bw - I]`` features by the compiled kernel, or ``None`` where it cannot run.
 
     It applies when ``cmow._kernel`` is loaded, autograd is off (``torch.no_grad`` or ``torch.inference_mode``), the
-    inputs are on the CPU, ``matrix_size <= 32`` and the tables are float32, float16 or bfloat16; otherwise the caller
-    runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5; tests/test_kernel.py). One call
-    per batch does the lookups, the masking, the products with their rescaling, the CBOW bag and the identity offset.
+    inputs are on the CPU, ``matrix_size <= 32`` and the tables are all float32, all float16 or all bfloat16;
+    otherwise the caller runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5;
+    tests/test_kernel.py). One call per batch does the lookups, the masking, the products with their rescaling, the
+    CBOW bag and the identity offset.
 
     Returns:
         ``(batch, hidden_size)`` float32, before dropout.
     """
     kernel = sys.modules.get(KERNEL_MODULE)
-    config = encoder.config
     if kernel is None or torch.is_grad_enabled() or input_ids.device.type != "cpu":
         return None
-    matrix_tables = [t.weight for t in (encoder.cmow_embeddings, encoder.cmow_bw_embeddings) if t is not None]
+    # Sizes come from the tables themselves (what the kernel will read), not from the config: reading a transformers
+    # config attribute costs microseconds, a dozen of them more than the kernel at batch 1.
+    matrix_modules = [m for m in (encoder.cmow_embeddings, encoder.cmow_bw_embeddings) if m is not None]
+    matrices = [m.weight for m in matrix_modules]
+    d = matrix_modules[0].matrix_size if matrix_modules else 1
     cbow = encoder.cbow_embeddings.weight if encoder.cbow_embeddings is not None else None
-    tables = matrix_tables + ([cbow] if cbow is not None else [])
-    widths = [config.matrix_features] * len(matrix_tables) + ([config.cbow_size] if cbow is not None else [])
-    if (
-        config.matrix_size > kernel.max_matrix_size
-        or len({t.dtype for t in matrix_tables}) > 1
-        or any(
-            t.dtype not in _KERNEL_DTYPES or t.device.type != "cpu" or not t.is_contiguous() or t.shape[1] != width
-            for t, width in zip(tables, widths, strict=True)
-        )
+    tables = matrices + ([cbow] if cbow is not None else [])
+    if d > kernel.max_matrix_size or any(
+        t.dtype not in _KERNEL_DTYPES or t.device.type != "cpu" or not t.is_contiguous() or t.dtype != tables[0].dtype
+        for t in tables
     ):
         return None
+    assert all(t.shape[1] == d * d for t in matrices), "matrix tables must be (vocab, d * d)"
+    cbow_size = cbow.shape[1] if cbow is not None else 0
     input_ids = input_ids.to(torch.int64).contiguous()
     mask = mask.to(torch.bool).contiguous()
-    out = torch.empty(input_ids.shape[0], config.hidden_size)
-    matrix_pointers = [t.data_ptr() for t in matrix_tables] + [0, 0]
+    out = torch.empty(input_ids.shape[0], cbow_size + len(matrices) * d * d)  # (batch, hidden)
+    pointers = [t.data_ptr() for t in matrices] + [0, 0]
     kernel.pooled(
         out.data_ptr(),
-        config.hidden_size,
+        out.shape[1],
         input_ids.data_ptr(),
         mask.data_ptr(),
         *input_ids.shape,
         min(t.shape[0] for t in tables),  # ids are checked against the rows the kernel may read
-        config.matrix_size,
-        *matrix_pointers[:2],
-        _KERNEL_DTYPES[matrix_tables[0].dtype] if matrix_tables else 0,
+        d,
+        *pointers[:2],
+        _KERNEL_DTYPES[tables[0].dtype],
         0 if cbow is None else cbow.data_ptr(),
-        config.cbow_size if cbow is not None else 0,
-        _KERNEL_DTYPES[cbow.dtype] if cbow is not None else 0,
-        config.cbow_pooling == "mean",
+        cbow_size,
+        _KERNEL_DTYPES[tables[0].dtype],
+        cbow is not None and encoder.config.cbow_pooling == "mean",
         torch.get_num_threads(),
     )
     return out
