@@ -24,11 +24,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define CMOW_HAVE_AVX2 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define CMOW_HAVE_AVX2 0
@@ -39,7 +43,11 @@ namespace {
 constexpr int kMaxD = 32;
 constexpr int kMaxStride = 32;            // row stride of the padded working matrices: d rounded up to 8
 constexpr float kNormEps = 1e-20f;        // as _NORM_EPS in modeling_cmow.py
-constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseconds: spawn one per ~100 us of work
+constexpr int64_t kProductsPerThread = 512;
+#ifndef CMOW_AHEAD
+#define CMOW_AHEAD 2
+#endif
+constexpr int64_t kMatricesAhead = CMOW_AHEAD;  // token matrices requested ahead of their product  // a thread costs tens of microseconds: spawn one per ~100 us of work
 
 enum Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
@@ -56,7 +64,8 @@ struct Job {
     int64_t cbow_size;
     int cbow_dtype;
     bool cbow_mean;
-    std::atomic<int64_t> next_row{0};
+    std::atomic<int64_t> next_row{0};   // the next row to claim
+    std::atomic<int64_t> done_rows{0};  // rows finished
 };
 
 // One thread's working memory: the stack of partial products of the tree reduction (padded d x stride matrices,
@@ -175,11 +184,13 @@ struct Generic {
 // --- AVX2/FMA path ---
 
 #if CMOW_HAVE_AVX2
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+// Compiled for AVX2/FMA/F16C whatever the compiler's baseline; called only where the CPU has them. An attribute on
+// each function rather than `#pragma GCC target`, which clang ignores.
+#define CMOW_AVX2 __attribute__((target("avx2,fma,f16c")))
+
 
 struct Avx2 {
-    static void widen(const void* table, int dtype, int64_t offset, int64_t n, float* dst) {
+    CMOW_AVX2 static void widen(const void* table, int dtype, int64_t offset, int64_t n, float* dst) {
         if (dtype == kFloat32) {
             std::memcpy(dst, static_cast<const float*>(table) + offset, n * sizeof(float));
             return;
@@ -190,7 +201,7 @@ struct Avx2 {
         for (; i < n; ++i) dst[i] = dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
     }
 
-    static void accumulate(const void* table, int dtype, int64_t offset, int64_t n, float* acc) {
+    CMOW_AVX2 static void accumulate(const void* table, int dtype, int64_t offset, int64_t n, float* acc) {
         int64_t i = 0;
         if (dtype == kFloat32) {
             const float* src = static_cast<const float*>(table) + offset;
@@ -205,7 +216,7 @@ struct Avx2 {
         for (; i < n; ++i) acc[i] += dtype == kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
     }
 
-    static void pad_rows(const float* src, int d, int stride, float* dst) {
+    CMOW_AVX2 static void pad_rows(const float* src, int d, int stride, float* dst) {
         const int full = d / 8 * 8;
         const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(d - full), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for (int r = 0; r < d; ++r, src += d, dst += stride) {
@@ -214,7 +225,7 @@ struct Avx2 {
         }
     }
 
-    static inline __m256 load8(const uint16_t* src, int dtype) {
+    CMOW_AVX2 static inline __m256 load8(const uint16_t* src, int dtype) {
         __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
         if (dtype == kFloat16) return _mm256_cvtph_ps(half);
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
@@ -224,7 +235,7 @@ struct Avx2 {
     // returns squares + the squares of those rows. (d >= 1: a loop that may run zero times makes GCC keep the
     // accumulators in memory.)
     template <int NV, int RB>
-    static inline __m256 block(const float* P, const float* E, float* C, int d, __m256 scale, __m256 squares) {
+    CMOW_AVX2 static inline __m256 block(const float* P, const float* E, float* C, int d, __m256 scale, __m256 squares) {
         constexpr int S = 8 * NV;
         __m256 acc[RB][NV];
         for (int r = 0; r < RB; ++r)
@@ -249,7 +260,7 @@ struct Avx2 {
 
     // The last `rows` (< RB) rows, by the largest smaller block first.
     template <int NV, int RB>
-    static inline __m256 tail(const float* P, const float* E, float* C, int d, int rows, __m256 scale, __m256 sq) {
+    CMOW_AVX2 static inline __m256 tail(const float* P, const float* E, float* C, int d, int rows, __m256 scale, __m256 sq) {
         if constexpr (RB > 1) {
             constexpr int S = 8 * NV;
             if (rows >= RB - 1) {
@@ -262,7 +273,7 @@ struct Avx2 {
     }
 
     template <int NV>
-    static float matmul_nv(const float* P, const float* E, float* C, int d, float scale) {
+    CMOW_AVX2 static float matmul_nv(const float* P, const float* E, float* C, int d, float scale) {
         constexpr int S = 8 * NV;
         constexpr int RB = NV == 1 ? 8 : NV == 2 ? 5 : NV == 3 ? 4 : 3;
         const __m256 factor = _mm256_set1_ps(scale);
@@ -276,7 +287,7 @@ struct Avx2 {
         return _mm_cvtss_f32(sum);
     }
 
-    static float matmul(const float* P, const float* E, float* C, int d, int stride, float scale) {
+    CMOW_AVX2 static float matmul(const float* P, const float* E, float* C, int d, int stride, float scale) {
         switch (stride) {
             case 8: return matmul_nv<1>(P, E, C, d, scale);
             case 16: return matmul_nv<2>(P, E, C, d, scale);
@@ -286,7 +297,7 @@ struct Avx2 {
     }
 };
 
-#pragma GCC pop_options
+#undef CMOW_AVX2
 #endif
 
 // --- one text, shared by both paths ---
@@ -326,12 +337,14 @@ void chain(const Job& job, const void* table, bool reverse, const int64_t* ids, 
         work.level[top - 2] += 1;
         --top;
     };
+    const int64_t matrix = static_cast<int64_t>(d) * d;
+    auto position_of = [&](int64_t step) { return reverse ? job.seq - 1 - step : step; };
+    for (int64_t step = 0; step < std::min<int64_t>(kMatricesAhead, job.seq); ++step)
+        prefetch(table, job.matrix_dtype, ids[position_of(step)] * matrix, matrix);
     for (int64_t step = 0; step < job.seq; ++step) {
-        const int64_t position = reverse ? job.seq - 1 - step : step;
-        if (step + 1 < job.seq) {
-            const int64_t ahead = reverse ? position - 1 : position + 1;
-            prefetch(table, job.matrix_dtype, ids[ahead] * d * d, static_cast<int64_t>(d) * d);
-        }
+        const int64_t position = position_of(step);
+        if (step + kMatricesAhead < job.seq)
+            prefetch(table, job.matrix_dtype, ids[position_of(step + kMatricesAhead)] * matrix, matrix);
         if (!mask[position]) continue;
         load_matrix<Ops>(job, table, ids[position], work.matrix(top), work);
         work.scale[top] = 1.0f;  // a token's matrix enters unscaled: products of two stay far from overflow
@@ -385,31 +398,49 @@ void encode_row(const Job& job, int64_t row, Workspace& work) {
 }
 
 template <class Ops>
-void work(Job* job) {
-    Workspace workspace(job->d, job->seq);
-    for (int64_t row; (row = job->next_row.fetch_add(1)) < job->batch;) encode_row<Ops>(*job, row, workspace);
+void work(Job& job, Workspace& workspace) {
+    for (int64_t row; (row = job.next_row.fetch_add(1)) < job.batch;) {
+        encode_row<Ops>(job, row, workspace);
+        job.done_rows.fetch_add(1, std::memory_order_release);
+    }
+}
+
+// Rows are claimed one at a time by this thread and by helpers it starts (threads - 1 of them, fewer for small
+// jobs). It then waits only for rows that helpers claimed and have not finished. A helper the OS starts late, as on
+// a busy machine, finds no row left and exits without touching the inputs (its shared_ptr keeps the job alive), so
+// this call never waits for a thread to be scheduled: joining the helpers instead made 2 threads 2.7x slower than 1
+// on a loaded 2-core machine.
+template <class Ops>
+void run(const std::shared_ptr<Job>& job, int threads) {
+    Workspace workspace(job->d, job->seq);  // before any helper starts: if this throws, nothing runs
+    const int64_t tables = (job->tables[0] != nullptr) + (job->tables[1] != nullptr);
+    const int64_t products = job->batch * std::max<int64_t>(job->seq * tables, 1);
+    const int64_t helpers = std::min<int64_t>({threads, job->batch, 1 + products / kProductsPerThread}) - 1;
+    for (int64_t i = 0; i < helpers; ++i) {
+        try {
+            std::thread([job] {
+                try {
+                    Workspace own(job->d, job->seq);  // allocated before claiming a row
+                    work<Ops>(*job, own);
+                } catch (...) {  // out of memory: this helper claimed nothing, the others do the work
+                }
+            }).detach();
+        } catch (const std::system_error&) {  // no more threads: fewer helpers
+            break;
+        }
+    }
+    work<Ops>(*job, workspace);
+    while (job->done_rows.load(std::memory_order_acquire) < job->batch) std::this_thread::yield();
 }
 
 bool use_avx2 = false;
 
-void run(Job& job, int threads) {
-    void (*worker)(Job*) = work<Generic>;
-#if CMOW_HAVE_AVX2
-    if (use_avx2) worker = work<Avx2>;
-#endif
-    const int64_t tables = (job.tables[0] != nullptr) + (job.tables[1] != nullptr);
-    const int64_t products = job.batch * std::max<int64_t>(job.seq * tables, 1);
-    const int64_t wanted = std::min<int64_t>({threads, job.batch, 1 + products / kProductsPerThread});
-    std::vector<std::thread> helpers;
-    for (int64_t i = 1; i < wanted; ++i) helpers.emplace_back(worker, &job);
-    worker(&job);
-    for (auto& helper : helpers) helper.join();
-}
-
 bool cpu_has_avx2() {
 #if CMOW_HAVE_AVX2
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    unsigned eax, ebx, ecx, edx;  // F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports lacks it
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return false;
 #endif
@@ -434,24 +465,35 @@ PyObject* pooled(PyObject*, PyObject* args) {
             return nullptr;
         }
     }
-    Job job;
-    job.out = reinterpret_cast<float*>(out);
-    job.out_stride = out_stride;
-    job.ids = id_data;
-    job.mask = reinterpret_cast<const uint8_t*>(mask);
-    job.batch = batch;
-    job.seq = seq;
-    job.d = d;
-    job.tables[0] = reinterpret_cast<const void*>(forward);
-    job.tables[1] = reinterpret_cast<const void*>(backward);
-    job.matrix_dtype = matrix_dtype;
-    job.cbow = reinterpret_cast<const void*>(cbow);
-    job.cbow_size = cbow_size;
-    job.cbow_dtype = cbow_dtype;
-    job.cbow_mean = cbow_mean != 0;
+    auto job = std::make_shared<Job>();
+    job->out = reinterpret_cast<float*>(out);
+    job->out_stride = out_stride;
+    job->ids = id_data;
+    job->mask = reinterpret_cast<const uint8_t*>(mask);
+    job->batch = batch;
+    job->seq = seq;
+    job->d = d;
+    job->tables[0] = reinterpret_cast<const void*>(forward);
+    job->tables[1] = reinterpret_cast<const void*>(backward);
+    job->matrix_dtype = matrix_dtype;
+    job->cbow = reinterpret_cast<const void*>(cbow);
+    job->cbow_size = cbow_size;
+    job->cbow_dtype = cbow_dtype;
+    job->cbow_mean = cbow_mean != 0;
+    bool out_of_memory = false;
     Py_BEGIN_ALLOW_THREADS
-    run(job, std::max(threads, 1));
+    try {
+#if CMOW_HAVE_AVX2
+        if (use_avx2)
+            run<Avx2>(job, std::max(threads, 1));
+        else
+#endif
+            run<Generic>(job, std::max(threads, 1));
+    } catch (const std::bad_alloc&) {
+        out_of_memory = true;
+    }
     Py_END_ALLOW_THREADS
+    if (out_of_memory) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
