@@ -3,6 +3,7 @@
 The kernel is plain C++ against the Python C API (no torch headers, nothing downloaded), compiled with the machine's
 compiler during ``pip install`` (``pip install -e .`` too). If it cannot be built, the install goes on without it
 with a warning, and cmow runs its torch path. ``CMOW_NO_EXTENSION=1`` skips the build (and, at run time, the kernel).
+``CMOW_REQUIRE_EXTENSION=1`` makes a failed build an error: release wheels must contain the kernel.
 """
 
 import os
@@ -10,6 +11,10 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
 
 
 class OptionalBuildExt(build_ext):
@@ -29,6 +34,8 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _warn(error: Exception) -> None:
+        if _flag("CMOW_REQUIRE_EXTENSION"):
+            raise error
         message = (
             f"WARNING: cmow's compiled kernel was not built ({type(error).__name__}: {error}). cmow works without it, "
             "on its slower torch path; install a C++ compiler (e.g. `apt install g++`) and reinstall to build it."
@@ -37,13 +44,13 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list[Extension]:
-    if os.environ.get("CMOW_NO_EXTENSION", "") not in ("", "0"):
+    if _flag("CMOW_NO_EXTENSION"):
         print("CMOW_NO_EXTENSION is set: not building cmow's compiled kernel.", file=sys.stderr)
         return []
     if sys.platform == "win32":
         args, link_args = ["/O2", "/std:c++17"], []
     else:
-        args, link_args = ["-O3", "-std=c++17", "-pthread", "-fvisibility=hidden"], ["-pthread"]
+        args, link_args = ["-O3", "-g0", "-std=c++17", "-pthread", "-fvisibility=hidden"], ["-pthread"]
     return [
         Extension(
             "cmow._kernel",
@@ -51,7 +58,6 @@ def extensions() -> list[Extension]:
             language="c++",
             extra_compile_args=args,
             extra_link_args=link_args,
-            optional=True,
         )
     ]
 

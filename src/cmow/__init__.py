@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 if os.environ.get("CMOW_NO_EXTENSION", "") in ("", "0"):
     try:
         from . import _kernel  # noqa: F401  (found by modeling_cmow.compiled_pooled_features in sys.modules)
-    except ImportError as error:
-        logger.debug("cmow's compiled kernel is not available (%s): the torch path runs.", error)
+    except ImportError as error:  # pip hides the build's warning, so say it here
+        logger.warning(
+            "cmow's compiled kernel is not available (%s): inference runs on the slower torch path. Reinstall cmow "
+            "with a C++ compiler present to build it, or set CMOW_NO_EXTENSION=1 to run without it silently.",
+            error,
+        )
 
 AutoConfig.register(CMOWConfig.model_type, CMOWConfig, exist_ok=True)
 AutoModel.register(CMOWConfig, CMOWModel, exist_ok=True)
