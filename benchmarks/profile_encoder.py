@@ -1,12 +1,15 @@
 """Where the CMOW encoder spends its time: torch.profiler over pre-tokenized SST-2 dev batches (length-sorted, 256).
 
 Prints microseconds per sentence for tokenizing and for the encoder, then the profiler's table of ops by self time.
+With the compiled kernel the encoder is one call that the profiler does not see inside; ``--no-kernel`` profiles the
+torch path.
 
-    python benchmarks/profile_encoder.py --data-dir ../shared/data --threads 2
+    python benchmarks/profile_encoder.py --data-dir ../shared/data --threads 2 [--no-kernel]
 """
 
 import argparse
 import os
+import sys
 import timeit
 
 import torch
@@ -17,6 +20,7 @@ from benchmark_inference import sorted_batches, sst2_sentences
 from cmow import CMOWConfig, CMOWModel
 from cmow.data import data_dir, default_teacher
 from cmow.encode import _token_ids, pad_batch
+from cmow.modeling_cmow import KERNEL_MODULE
 
 
 def main() -> None:
@@ -24,7 +28,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: $CMOW_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--no-kernel", action="store_true", help="hide the compiled kernel: profile the torch path")
     args = parser.parse_args()
+    if args.no_kernel:
+        sys.modules.pop(KERNEL_MODULE, None)
+    print(f"Encoder: {'compiled kernel' if KERNEL_MODULE in sys.modules else 'torch path'}")
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(default_teacher())
