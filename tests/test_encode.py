@@ -90,3 +90,17 @@ def test_encode_runs_in_eval_mode_and_restores_the_mode(tokenizer):
     with torch.no_grad():
         expected = model.eval()(batch["input_ids"], batch["attention_mask"]).pooler_output
     torch.testing.assert_close(first, expected)
+
+
+def test_encode_returns_a_normal_tensor_that_autograd_can_use(model, tokenizer):
+    embeddings = encode(model, tokenizer, TEXTS, batch_size=2)
+    assert not embeddings.is_inference()
+    weights = torch.randn(embeddings.shape[1], 2, requires_grad=True)
+    (embeddings @ weights).sum().backward()  # an inference tensor could not be saved for backward
+    assert weights.grad is not None
+
+
+def test_encode_refuses_a_tokenizer_with_ids_beyond_the_vocabulary(tokenizer):
+    small = CMOWModel(tiny_config(vocab_size=50)).eval()
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        encode(small, tokenizer, TEXTS)

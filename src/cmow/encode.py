@@ -44,6 +44,9 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
 
 def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``(batch, longest)`` id and boolean mask tensors from lists of token ids."""
+    if len(ids) == 1:  # one text (batch 1): no padding, and fewer calls than the general path
+        input_ids = torch.tensor(ids, dtype=torch.int64)
+        return input_ids, torch.ones(input_ids.shape, dtype=torch.bool)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     mask = np.arange(lengths.max()) < lengths[:, None]  # (batch, longest)
     input_ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
@@ -114,11 +117,12 @@ def encode(
 def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> torch.Tensor | None:
     """The ``output`` of ``base`` for ``texts`` (``None`` for no texts), chunk by chunk, in length-sorted batches.
 
-    Calls ``pooled_features`` and the pooler rather than ``forward``: the same computation without building an output
-    object per batch, which at batch 1 costs as much as the encoder itself.
+    The hot path of inference calls the encoder and the pooler itself rather than ``forward``: the same computation
+    without what forward pays per call (an output object, the dtype looked up, the ids' range checked by two tensor
+    reductions), which at batch 1 costs more than the compiled kernel. The ids are checked here, once per chunk.
     """
     embeddings = None
-    device = base.device
+    device, dtype, vocab_size = base.device, base.dtype, base.config.vocab_size
     pooler = base.pooler if output == "sentence_embedding" else None
     chunk_size = batch_size * CHUNK_BATCHES
     specials = tokenizer.num_special_tokens_to_add()
@@ -131,14 +135,20 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
                 f"Text {index} ({texts[index]!r}) has no tokens besides the special ones: the tokenizer drops all its "
                 "characters, so it would encode like an empty text. Remove it or give it some content."
             )
+        largest = max(map(max, ids))
+        if largest >= vocab_size:
+            raise ValueError(
+                f"The tokenizer gives token id {largest}, outside this model's vocabulary (vocab_size={vocab_size}): "
+                "pass the tokenizer the model was trained with."
+            )
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-            vectors = base.pooled_features(input_ids.to(device), mask.to(device))  # (rows, hidden_size)
-            if pooler is not None:
-                vectors = pooler(vectors)  # (rows, sentence_embedding_size)
+            _, features = base.encoder(input_ids.to(device), mask.to(device), token_states=False)  # (rows, hidden)
+            vectors = features.to(dtype) if pooler is None else pooler(features.to(dtype))
             if embeddings is None:
-                embeddings = torch.empty(len(texts), vectors.shape[1])
+                with torch.inference_mode(False):  # a normal tensor: callers may train on the embeddings
+                    embeddings = torch.empty(len(texts), vectors.shape[1])
             embeddings[[chunk_start + i for i in rows]] = vectors.float().cpu()
     return embeddings
