@@ -104,7 +104,8 @@ def encode(
     if was_training:  # eval() and train() walk every module: skipped when there is nothing to switch
         base.eval()
     try:
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: the embeddings are normal tensors that callers may train on.
+        with torch.no_grad():
             embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output)
     finally:
         if was_training:
@@ -122,7 +123,8 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
     reductions), which at batch 1 costs more than the compiled kernel. The ids are checked here, once per chunk.
     """
     embeddings = None
-    device, dtype, vocab_size = base.device, base.dtype, base.config.vocab_size
+    table = base.get_input_embeddings().weight  # its device, dtype and rows: cheaper than the model's properties
+    device, dtype, vocab_size = table.device, table.dtype, table.shape[0]
     pooler = base.pooler if output == "sentence_embedding" else None
     chunk_size = batch_size * CHUNK_BATCHES
     specials = tokenizer.num_special_tokens_to_add()
@@ -146,9 +148,10 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
             _, features = base.encoder(input_ids.to(device), mask.to(device), token_states=False)  # (rows, hidden)
-            vectors = features.to(dtype) if pooler is None else pooler(features.to(dtype))
+            vectors = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float().cpu()
+            if len(rows) == len(texts) and rows == sorted(rows):  # one batch, in input order (one text): as it is
+                return vectors
             if embeddings is None:
-                with torch.inference_mode(False):  # a normal tensor: callers may train on the embeddings
-                    embeddings = torch.empty(len(texts), vectors.shape[1])
-            embeddings[[chunk_start + i for i in rows]] = vectors.float().cpu()
+                embeddings = torch.empty(len(texts), vectors.shape[1])
+            embeddings[[chunk_start + i for i in rows]] = vectors
     return embeddings

@@ -327,7 +327,7 @@ class CMOWEncoder(nn.Module):
             ``(token_states, pooled)``: ``(batch, seq, hidden)`` or ``None``, and ``(batch, hidden)``, in float32.
         """
         if not token_states and (pooled := compiled_pooled_features(self, input_ids, mask)) is not None:
-            return None, self.dropout(pooled)
+            return None, self.dropout(pooled) if self.training else pooled  # no module call for an identity
         batch, seq = input_ids.shape
         tokens, pooled = [], []
         # Products stay in float32 also under autocast: bf16 has too few mantissa bits for long products.
