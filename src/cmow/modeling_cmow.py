@@ -148,36 +148,41 @@ def compiled_pooled_features(
     if kernel is None or torch.is_grad_enabled() or input_ids.device.type != "cpu":
         return None
     # Sizes come from the tables themselves (what the kernel will read), not from the config: reading a transformers
-    # config attribute costs microseconds, a dozen of them more than the kernel at batch 1.
-    matrix_modules = [m for m in (encoder.cmow_embeddings, encoder.cmow_bw_embeddings) if m is not None]
-    matrices = [m.weight for m in matrix_modules]
-    d = matrix_modules[0].matrix_size if matrix_modules else 1
-    cbow = encoder.cbow_embeddings.weight if encoder.cbow_embeddings is not None else None
-    tables = matrices + ([cbow] if cbow is not None else [])
-    if d > kernel.max_matrix_size or any(
-        t.dtype not in _KERNEL_DTYPES or t.device.type != "cpu" or not t.is_contiguous() or t.dtype != tables[0].dtype
-        for t in tables
-    ):
+    # config attribute costs microseconds, and at batch 1 this wrapper's Python costs more than the kernel.
+    fw_module, bw_module, cbow_module = encoder.cmow_embeddings, encoder.cmow_bw_embeddings, encoder.cbow_embeddings
+    fw = fw_module.weight if fw_module is not None else None
+    bw = bw_module.weight if bw_module is not None else None
+    cbow = cbow_module.weight if cbow_module is not None else None
+    tables = [table for table in (fw, bw, cbow) if table is not None]
+    dtype = tables[0].dtype
+    d = fw_module.matrix_size if fw_module is not None else 1
+    if dtype not in _KERNEL_DTYPES or d > kernel.max_matrix_size:
         return None
-    assert all(t.shape[1] == d * d for t in matrices), "matrix tables must be (vocab, d * d)"
+    for table in tables:
+        if table.dtype != dtype or table.device.type != "cpu" or not table.is_contiguous():
+            return None
+    assert fw is None or fw.shape[1] == d * d == (bw if bw is not None else fw).shape[1], "tables must be (vocab, d*d)"
     cbow_size = cbow.shape[1] if cbow is not None else 0
     input_ids = input_ids.to(torch.int64).contiguous()
     mask = mask.to(torch.bool).contiguous()
-    out = torch.empty(input_ids.shape[0], cbow_size + len(matrices) * d * d)  # (batch, hidden)
-    pointers = [t.data_ptr() for t in matrices] + [0, 0]
+    batch, seq = input_ids.shape
+    out = torch.empty(batch, cbow_size + (len(tables) - (cbow is not None)) * d * d)  # (batch, hidden)
+    code = _KERNEL_DTYPES[dtype]
     kernel.pooled(
         out.data_ptr(),
         out.shape[1],
         input_ids.data_ptr(),
         mask.data_ptr(),
-        *input_ids.shape,
-        min(t.shape[0] for t in tables),  # ids are checked against the rows the kernel may read
+        batch,
+        seq,
+        min(table.shape[0] for table in tables),  # ids are checked against the rows the kernel may read
         d,
-        *pointers[:2],
-        _KERNEL_DTYPES[tables[0].dtype],
+        0 if fw is None else fw.data_ptr(),
+        0 if bw is None else bw.data_ptr(),
+        code,
         0 if cbow is None else cbow.data_ptr(),
         cbow_size,
-        _KERNEL_DTYPES[tables[0].dtype],
+        code,
         cbow is not None and encoder.config.cbow_pooling == "mean",
         torch.get_num_threads(),
     )
