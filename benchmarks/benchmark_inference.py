@@ -7,6 +7,10 @@ in one process, interleaved, so the ratios hold even when the machine is busy.
 
     python benchmarks/benchmark_inference.py --data-dir ../shared/data            # more texts, 3 s per system
     python benchmarks/benchmark_inference.py --data-dir ../shared/data --quick    # ~6 min on a busy 2-core machine
+
+On a machine other jobs share, ``--threads 1 --cpu-time`` rates each system per second of this process's CPU time
+(steadier; close to an idle machine's single-thread rates), and ``--systems`` times only the named systems, e.g.
+``--systems "CMOW, kernel off (torch path)" "model2vec (from MiniLM)"``.
 """
 
 import argparse
@@ -170,23 +174,24 @@ def model2vec_model(teacher: str):
 # --- measuring ---
 
 
-def throughput(run, batches: list[list[str]], budget_s: float, min_rounds: int = 3) -> float:
+def throughput(run, batches: list[list[str]], budget_s: float, min_rounds: int = 3, clock=time.perf_counter) -> float:
     """Texts per second: the best of several timed passes over all batches, in shuffled order.
 
     Fast systems get passes until the budget is spent (at least ``min_rounds``), so one-off costs and noise from
     other processes do not decide the rate; a slow system's single pass stops at the budget, on a random sample.
+    ``clock`` is wall time, or ``time.process_time`` for seconds of this process's CPU time.
     """
     run(batches[len(batches) // 2][:2])  # warm-up
     best, spent, round_index = 0.0, 0.0, 0
     while round_index < min_rounds or spent < budget_s:
         order = random.Random(round_index).sample(range(len(batches)), len(batches))
-        texts, start = 0, time.perf_counter()
+        texts, start = 0, clock()
         for index in order:
             run(batches[index])
             texts += len(batches[index])
-            if time.perf_counter() - start > budget_s:
+            if clock() - start > budget_s:
                 break
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         best, spent, round_index = max(best, texts / elapsed), spent + elapsed, round_index + 1
         if elapsed > budget_s:  # a slow system: one (partial) pass is all the budget allows
             break
@@ -274,6 +279,19 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--quick", action="store_true", help="fewer texts and a shorter time budget per system")
     parser.add_argument("--budget", type=float, default=None, help="seconds per system and setting")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=None,
+        help="time only these systems (ours is always included) and the tokenizers; skips memory, sizes and the "
+        "encoder-only comparison",
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="rates per second of this process's CPU time instead of wall time: steadier on a machine that other jobs "
+        "share; with --threads 1 close to an idle machine's wall-time rates",
+    )
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: one system's peak memory
     args = parser.parse_args()
 
@@ -298,7 +316,8 @@ def main() -> None:
         "SST-2 dev sentences": sst2[: 512 if args.quick else 872],
         "Gutenberg paragraphs": corpus_paragraphs(folder, 256 if args.quick else 1024),
     }
-    systems, models = build(None, teacher, tokenizer)
+    systems, models = build(args.systems and [OURS, *args.systems], teacher, tokenizer)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     tokenize_only = {
         "transformers tokenizer call": transformer_tokenize(tokenizer),
         "fast tokenizer (cmow path)": cmow_tokenize(tokenizer, 0),
@@ -311,10 +330,14 @@ def main() -> None:
             for batch_size in args.batch_sizes:
                 batches = sorted_batches(tokenizer, texts, batch_size)
                 for name, run in {**systems, **tokenize_only}.items():
-                    rate = throughput(run, batches, budget)
+                    rate = throughput(run, batches, budget, clock=clock)
                     results[dataset, batch_size, name] = rate
                     print(f"{dataset:22s} batch {batch_size:4d}  {name:28s} {rate:10.1f} texts/s", flush=True)
                 results[dataset, "tokens"] = tokens_per_text
+
+        if args.systems is not None:
+            report(args, datasets, results, {}, {}, {})
+            return
 
         # Encoder only at 128 tokens: the compiled kernel, the torch log-depth reduction and the loop.
         cmow = models[OURS]
@@ -361,7 +384,8 @@ def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
     kernel = sys.modules.get(KERNEL_MODULE)
     built = f"built, {kernel.isa} code" if kernel is not None else "NOT built: both CMOW rows run the torch path"
     print(f"\nCompiled kernel (cmow._kernel): {built}.")
-    print(f"\n## Throughput (texts/s; tokens/s = texts/s x mean tokens), {args.threads} threads\n")
+    per = "CPU second of this process" if args.cpu_time else "second"
+    print(f"\n## Throughput (texts per {per}; tokens/s = texts/s x mean tokens), {args.threads} threads\n")
     for dataset in datasets:
         tokens = results[dataset, "tokens"]
         print(f"### {dataset} ({len(datasets[dataset])} texts, {tokens:.1f} tokens/text)\n")
@@ -378,33 +402,38 @@ def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
         print(
             f"\nShare of CMOW end-to-end time in the tokenizer at batch {last}: {share:.0%} (encoder {1 - share:.0%})"
         )
-        speedups = ", ".join(
-            f"{results[dataset, size, ours] / results[dataset, size, KERNEL_OFF]:.2f}x at batch {size}"
-            for size in args.batch_sizes
+        if (dataset, last, KERNEL_OFF) in results:
+            speedups = ", ".join(
+                f"{results[dataset, size, ours] / results[dataset, size, KERNEL_OFF]:.2f}x at batch {size}"
+                for size in args.batch_sizes
+            )
+            print(f"\nKernel on / off (end to end): {speedups}")
+        print()
+    if sizes:
+        print("## Memory and size\n")
+        print("| system | parameters | size on disk (MB) | peak extra RSS, 64 longest SST-2 texts (MB) |")
+        print("|---|---|---|---|")
+        for name, (count, megabytes) in sizes.items():
+            peak = f"{memory[name]:.0f}" if name in memory else "-"
+            print(f"| {name} | {count / 1e6:.1f}M | {megabytes:.1f} | {peak} |")
+    if encoder_rate:
+        print(
+            f"\nEncoder only, 256 texts x 128 tokens: compiled kernel {encoder_rate['kernel']:,.0f} texts/s, torch "
+            f"log-depth {encoder_rate['log-depth']:,.0f} texts/s, sequential loop {encoder_rate['loop']:,.0f} "
+            f"texts/s (kernel {encoder_rate['kernel'] / encoder_rate['log-depth']:.1f}x torch log-depth; log-depth "
+            f"{encoder_rate['log-depth'] / encoder_rate['loop']:.1f}x loop)."
         )
-        print(f"\nKernel on / off (end to end): {speedups}\n")
-    print("## Memory and size\n")
-    print("| system | parameters | size on disk (MB) | peak extra RSS, 64 longest SST-2 texts (MB) |")
-    print("|---|---|---|---|")
-    for name, (count, megabytes) in sizes.items():
-        peak = f"{memory[name]:.0f}" if name in memory else "-"
-        print(f"| {name} | {count / 1e6:.1f}M | {megabytes:.1f} | {peak} |")
-    ratio = encoder_rate["log-depth"] / encoder_rate["loop"]
-    print(
-        f"\nEncoder only, 256 texts x 128 tokens: compiled kernel {encoder_rate['kernel']:,.0f} texts/s, torch "
-        f"log-depth {encoder_rate['log-depth']:,.0f} texts/s, sequential loop {encoder_rate['loop']:,.0f} texts/s "
-        f"(kernel {encoder_rate['kernel'] / encoder_rate['log-depth']:.1f}x torch log-depth; log-depth "
-        f"{ratio:.1f}x loop)."
-    )
     sst, last = "SST-2 dev sentences", args.batch_sizes[-1]
-    floors = {
-        "x DistilBERT (>= 100)": results[sst, last, ours] / results[sst, last, "DistilBERT (random)"],
-        "x MiniLM teacher (>= 30)": results[sst, last, ours] / results[sst, last, "all-MiniLM-L6-v2"],
-        "encoder share (<= 40%)": 1 - results[sst, last, ours] / results[sst, last, tokenizer_rate],
-        "log-depth x loop at 128 tokens (>= 3)": ratio,
-    }
+    ours_rate = results[sst, last, ours]
+    floors = {"encoder share (<= 40%)": 1 - ours_rate / results[sst, last, tokenizer_rate]}
+    peers = {"DistilBERT (random)": "x DistilBERT (>= 100)", "all-MiniLM-L6-v2": "x MiniLM teacher (>= 30)"}
+    for name, floor in peers.items():
+        if (sst, last, name) in results:
+            floors[floor] = ours_rate / results[sst, last, name]
+    if encoder_rate:
+        floors["log-depth x loop at 128 tokens (>= 3)"] = encoder_rate["log-depth"] / encoder_rate["loop"]
     if (sst, last, MODEL2VEC) in results:
-        floors["x model2vec (>= 0.6)"] = results[sst, last, ours] / results[sst, last, MODEL2VEC]
+        floors["x model2vec (>= 0.6)"] = ours_rate / results[sst, last, MODEL2VEC]
     if (sst, 1, MODEL2VEC) in results:
         floors["x model2vec at batch 1 (>= 0.5)"] = results[sst, 1, ours] / results[sst, 1, MODEL2VEC]
     print(f"\nFloors (SST-2, batch {last}): " + "; ".join(f"{key}: {value:.2f}" for key, value in floors.items()))
