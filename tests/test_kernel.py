@@ -153,6 +153,34 @@ def test_encode_of_real_sentences_equals_the_torch_path(tokenizer, shared_data, 
     torch.testing.assert_close(compiled, encode(model, tokenizer, texts, batch_size=64), rtol=1e-4, atol=1e-5)
 
 
+NOT_BUILT_CHECK = """
+import importlib.abc, logging, sys
+
+class NoKernel(importlib.abc.MetaPathFinder):  # as if the compiler had failed at install time
+    def find_spec(self, name, path=None, target=None):
+        if name == "cmow._kernel":
+            raise ImportError("not built")
+
+sys.meta_path.insert(0, NoKernel())
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+import torch, cmow
+from cmow.modeling_cmow import compiled_pooled_features
+model = cmow.CMOWModel(cmow.CMOWConfig(vocab_size=50, matrix_size=4, cbow_size=3)).eval()
+ids = torch.randint(1, 50, (2, 5)); mask = torch.ones_like(ids, dtype=torch.bool)
+with torch.inference_mode():
+    assert compiled_pooled_features(model.encoder, ids, mask) is None
+    assert torch.isfinite(model(ids, output_token_states=False).pooler_output).all()
+print("torch path OK")
+"""
+
+
+def test_without_the_built_kernel_cmow_warns_once_and_runs_the_torch_path():
+    result = subprocess.run([sys.executable, "-c", NOT_BUILT_CHECK], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch path OK" in result.stdout
+    assert result.stderr.count("compiled kernel is not available") == 1, result.stderr[-3000:]
+
+
 def test_the_torch_path_runs_when_the_extension_is_switched_off(tmp_path):
     script = (
         "import sys, torch, cmow\n"
@@ -169,3 +197,4 @@ def test_the_torch_path_runs_when_the_extension_is_switched_off(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch path OK" in result.stdout
+    assert "compiled kernel" not in result.stderr, "switched off on purpose: no warning"
