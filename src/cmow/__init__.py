@@ -4,6 +4,7 @@ Importing the package registers the CMOW config and models with the transformers
 kernel ``cmow._kernel`` when it was built (``CMOW_NO_EXTENSION=1`` leaves it out; see setup.py).
 """
 
+import importlib
 import logging
 import os
 
@@ -28,13 +29,14 @@ __version__ = "0.1.0"
 logger = logging.getLogger(__name__)
 
 if os.environ.get("CMOW_NO_EXTENSION", "") in ("", "0"):
-    try:
-        from . import _kernel  # noqa: F401  (found by modeling_cmow.compiled_pooled_features in sys.modules)
+    try:  # modeling_cmow.compiled_pooled_features finds it in sys.modules
+        importlib.import_module(f"{__name__}._kernel")
     except ImportError as error:  # pip hides the build's warning, so say it here
+        missing = isinstance(error, ModuleNotFoundError) and error.name == f"{__name__}._kernel"
         logger.warning(
             "cmow's compiled kernel is not available (%s): inference runs on the slower torch path. Reinstall cmow "
             "with a C++ compiler present to build it, or set CMOW_NO_EXTENSION=1 to run without it silently.",
-            error,
+            "it was not built" if missing else error,
         )
 
 AutoConfig.register(CMOWConfig.model_type, CMOWConfig, exist_ok=True)
