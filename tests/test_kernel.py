@@ -66,6 +66,15 @@ def test_cbow_only_models_use_the_kernel_too(monkeypatch):
     torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cbow_pooling", ["mean", "sum"])
+def test_hashed_ngrams_join_the_kernels_bag(cbow_pooling, monkeypatch):
+    model = CMOWModel(tiny_config(ngram_orders=(2, 3), ngram_buckets=31, cbow_pooling=cbow_pooling)).eval()
+    with torch.no_grad():
+        model.encoder.ngram_embeddings.weight[:-1].normal_()  # they start at zero; the padding row stays zero
+    compiled, reference = both_paths(model, *ragged_batch(), monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("length", [1, 2, 16384])
 def test_single_and_very_long_texts_stay_finite_and_match(length, monkeypatch):
     # Noise large enough that an unscaled product overflows within a few hundred tokens (see test_modeling_cmow).

@@ -139,7 +139,7 @@ def compiled_pooled_features(
     inputs are on the CPU, ``matrix_size <= 32`` and the tables are all float32, all float16 or all bfloat16;
     otherwise the caller runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5;
     tests/test_kernel.py). One call per batch does the lookups, the masking, the products with their rescaling, the
-    CBOW bag and the identity offset.
+    CBOW bag and the identity offset; hashed n-grams, if the model has them, are added by torch.
 
     Returns:
         ``(batch, hidden_size)`` float32, before dropout.
@@ -163,6 +163,7 @@ def compiled_pooled_features(
             return None
     assert fw is None or fw.shape[1] == d * d == (bw if bw is not None else fw).shape[1], "tables must be (vocab, d*d)"
     cbow_size = cbow.shape[1] if cbow is not None else 0
+    mean = cbow is not None and encoder.config.cbow_pooling == "mean"
     input_ids = input_ids.to(torch.int64).contiguous()
     mask = mask.to(torch.bool).contiguous()
     batch, seq = input_ids.shape
@@ -183,9 +184,12 @@ def compiled_pooled_features(
         0 if cbow is None else cbow.data_ptr(),
         cbow_size,
         code,
-        cbow is not None and encoder.config.cbow_pooling == "mean",
+        mean,
         torch.get_num_threads(),
     )
+    if encoder.ngram_embeddings is not None:  # hashed n-grams join the bag: summed by torch, added here
+        ngrams = encoder.ngram_embeddings(input_ids, mask, token_states=False).float()  # (batch, cbow)
+        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if mean else ngrams
     return out
 
 
