@@ -15,6 +15,7 @@ does; never on dev): with 1,152 pair features and 3,668 MRPC pairs an unregulari
 text to embeddings on SST-2 dev, best of three passes, on the threads torch uses.
 """
 
+import inspect
 import logging
 import os
 import random
@@ -76,12 +77,22 @@ def word_order_probe(folder: str | os.PathLike | None = None, count: int = WORD_
 
 
 REGULARISATION = (0.01, 0.1, 1.0, 10.0)
+# scikit-learn 1.8+ warns unless told the fitted attributes to keep and the (pure L2) mixing; older versions have
+# neither parameter.
+_NEW_ATTRIBUTES = (
+    {"use_legacy_attributes": False, "l1_ratios": (0.0,)}
+    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters
+    else {}
+)
 
 
 def _classifier(seed: int):
     """Standardised features, logistic regression with ``C`` chosen by 3-fold cross-validation on the train data."""
     return make_pipeline(
-        StandardScaler(), LogisticRegressionCV(Cs=list(REGULARISATION), cv=3, max_iter=1000, random_state=seed)
+        StandardScaler(),
+        LogisticRegressionCV(
+            Cs=list(REGULARISATION), cv=3, scoring="accuracy", max_iter=1000, random_state=seed, **_NEW_ATTRIBUTES
+        ),
     )
 
 
