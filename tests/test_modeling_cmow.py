@@ -59,7 +59,7 @@ def test_model_outputs_are_the_products_and_sums_of_the_token_tables(encoder, bi
     config = tiny_config(encoder=encoder, bidirectional=bidirectional, cbow_pooling="sum")
     model = CMOWModel(config).eval()
     input_ids = random_ids()
-    output = model(input_ids)
+    output = model(input_ids, output_hidden_states=True)
     tables = model.encoder
     expected_tokens = []
     if config.use_cbow:
@@ -80,9 +80,9 @@ def test_model_outputs_are_the_products_and_sums_of_the_token_tables(encoder, bi
     if bidirectional:
         pooled[-1] = expected_tokens[-1][:, 0]
     torch.testing.assert_close(output.pooler_output, torch.cat(pooled, dim=-1), rtol=1e-5, atol=1e-5)
-    # The cheap pooled-only path gives the same sentence representation.
-    pooled_only = model(input_ids, output_token_states=False)
-    assert pooled_only.last_hidden_state is None
+    # The default, pooled-only path gives the same sentence representation.
+    pooled_only = model(input_ids)
+    assert pooled_only.last_hidden_state is None and pooled_only.hidden_states is None
     torch.testing.assert_close(pooled_only.pooler_output, output.pooler_output, rtol=1e-5, atol=1e-5)
 
 
@@ -92,7 +92,7 @@ def test_model_outputs_are_the_products_and_sums_of_the_token_tables(encoder, bi
 @pytest.mark.parametrize("encoder,bidirectional", ENCODERS)
 def test_base_model_shapes(encoder, bidirectional):
     config = tiny_config(encoder=encoder, bidirectional=bidirectional)
-    output = CMOWModel(config)(random_ids())
+    output = CMOWModel(config)(random_ids(), output_hidden_states=True)
     assert output.last_hidden_state.shape == (BATCH, SEQ, config.hidden_size)
     assert output.pooler_output.shape == (BATCH, config.hidden_size)
 
@@ -169,9 +169,9 @@ def test_padding_never_changes_any_output(encoder, bidirectional, cbow_pooling):
     for row, length in enumerate(lengths):
         attention_mask[row, :length] = 1
         input_ids[row, length:] = PAD
-    batch = model(input_ids, attention_mask)
+    batch = model(input_ids, attention_mask, output_hidden_states=True)
     for row, length in enumerate(lengths):
-        alone = model(input_ids[row : row + 1, :length])
+        alone = model(input_ids[row : row + 1, :length], output_hidden_states=True)
         torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(
             batch.last_hidden_state[row, :length], alone.last_hidden_state[0], rtol=0, atol=1e-5
@@ -204,6 +204,32 @@ def test_pair_encoding_equals_encoding_each_side_alone():
     # Tokenizers without token_type_ids (RoBERTa-style) are split after the first separator.
     no_types = model.pooled_features(inputs["input_ids"], inputs["attention_mask"], None)
     torch.testing.assert_close(no_types, expected, rtol=0, atol=1e-5)
+
+
+CLS = 2
+
+
+def test_diffcat_encodes_both_sides_like_single_texts_with_the_leading_cls():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, pair_encoding="diffcat", cls_token_id=CLS)).eval()
+    inputs = pair_batch(split=4)  # [CLS] a a [SEP] b b [SEP]
+    inputs["input_ids"][:, 0] = CLS
+    features = model.pooled_features(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+    a = model.cmow(inputs["input_ids"][:, :4]).pooler_output
+    b = model.cmow(torch.cat([inputs["input_ids"][:, :1], inputs["input_ids"][:, 4:]], dim=1)).pooler_output
+    torch.testing.assert_close(features, torch.cat([a, b, (a - b).abs()], dim=-1), rtol=0, atol=1e-5)
+    # RoBERTa-style <s> a </s></s> b </s> without token types: the second side is <s> b </s> too.
+    roberta = torch.cat([inputs["input_ids"][:, :4], torch.full((BATCH, 1), SEP), inputs["input_ids"][:, 4:]], dim=1)
+    no_types = model.pooled_features(roberta, None, None)
+    torch.testing.assert_close(no_types, features, rtol=0, atol=1e-5)
+
+
+def test_diffcat_classifies_a_single_text_as_a_pair_with_an_empty_second_text():
+    model = CMOWForSequenceClassification(tiny_config(num_labels=2, pair_encoding="diffcat", cls_token_id=CLS)).eval()
+    input_ids = random_ids()
+    input_ids[:, 0], input_ids[:, -1] = CLS, SEP  # tokenizer(text): [CLS] a [SEP]
+    features = model.pooled_features(input_ids, None, torch.zeros_like(input_ids))
+    a = model.cmow(input_ids).pooler_output
+    torch.testing.assert_close(features, torch.cat([a, torch.zeros_like(a), a.abs()], dim=-1), rtol=0, atol=1e-6)
 
 
 def test_pair_encoding_of_a_padded_batch_equals_each_pair_alone():
@@ -349,7 +375,7 @@ def test_long_inputs_stay_finite_in_fp32(length):
     model = CMOWModel(config).eval()
     input_ids = random_ids(batch=1, seq=length)
     with torch.inference_mode():
-        output = model(input_ids)
+        output = model(input_ids, output_hidden_states=True)
     assert torch.isfinite(output.last_hidden_state).all()
     assert torch.isfinite(output.pooler_output).all()
     products = output.pooler_output[0, CBOW:].view(2, 20, 20) + torch.eye(20)
@@ -368,9 +394,9 @@ def test_unscaled_products_would_overflow_so_the_long_input_test_can_fail():
 def test_products_run_in_fp32_under_bf16_autocast():
     model = CMOWForSequenceClassification(tiny_config(num_labels=2, matrix_size=20, initializer_range=0.2)).eval()
     input_ids = random_ids(seq=2048)
-    reference = model.cmow(input_ids).last_hidden_state
+    reference = model.cmow(input_ids, output_hidden_states=True).last_hidden_state
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = model.cmow(input_ids).last_hidden_state
+        under_autocast = model.cmow(input_ids, output_hidden_states=True).last_hidden_state
         logits = model(input_ids).logits
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, reference)
@@ -381,8 +407,8 @@ def test_products_run_in_fp32_under_bf16_autocast():
 def test_half_precision_models_give_finite_outputs_close_to_fp32(dtype):
     model = CMOWModel(tiny_config(matrix_size=20)).eval()
     input_ids = random_ids(seq=4096)
-    reference = model(input_ids, output_token_states=False).pooler_output
-    half = model.to(dtype)(input_ids, output_token_states=False).pooler_output
+    reference = model(input_ids).pooler_output
+    half = model.to(dtype)(input_ids).pooler_output
     assert half.dtype == dtype and torch.isfinite(half).all()
     # Only the stored weights are rounded; the product itself runs in fp32.
     torch.testing.assert_close(half.float(), reference, rtol=0.05, atol=0.05)
@@ -407,8 +433,6 @@ def test_empty_and_malformed_inputs_raise_clear_errors():
         model(random_ids()[0])
     with pytest.raises(ValueError, match="attention_mask"):
         model(random_ids(), attention_mask=torch.ones(BATCH, SEQ + 1))
-    with pytest.raises(ValueError, match="sentence pair"):
-        model(random_ids(), token_type_ids=torch.zeros(BATCH, SEQ, dtype=torch.long))
     with pytest.raises(TypeError, match="integer token ids"):
         model(random_ids().float())
 

@@ -78,12 +78,16 @@ class CMOWConfig(PretrainedConfig):
             teacher's sentence embeddings. ``None`` (no pooler): ``pooler_output`` is the pooled features themselves.
         pair_encoding: How a sentence pair ``(a, b)`` (``tokenizer(a, b)``) is classified. ``"joint"`` encodes
             ``[CLS] a [SEP] b [SEP]`` as one text (and is right for single sentences); ``"diffcat"`` encodes each side
-            alone and classifies ``[a; b; |a - b|]``; ``"diffcat_prod"`` classifies ``[a; b; |a - b|; a * b]``.
+            alone, ``[CLS] a [SEP]`` and ``[CLS] b [SEP]`` (``b [SEP]`` when ``cls_token_id`` is ``None``), and
+            classifies ``[a; b; |a - b|]``; ``"diffcat_prod"`` classifies ``[a; b; |a - b|; a * b]``. A single text
+            given to a ``diffcat`` model is classified as a pair with an empty second text (encoded as zero).
         classifier: ``"linear"`` or ``"mlp"`` (dropout, Linear(in, classifier_hidden_size), ReLU, LayerNorm, Linear).
         classifier_hidden_size: Width of the MLP classifier.
         classifier_dropout: Dropout before the classifier; defaults to ``hidden_dropout_prob`` when ``None``.
         pad_token_id: Padding token; its matrix is the identity and its vector zero, so padding changes nothing.
         sep_token_id: Separator token; used to find the second text of a pair when there are no ``token_type_ids``.
+        cls_token_id: Classification token that starts every tokenized text; ``diffcat`` pair encodings put it in
+            front of the second text too, so both sides are encoded like single texts.
         teacher: Hub id or path of the model this student was distilled from (informational).
         distillation: Settings of the distillation that produced this model (informational).
     """
@@ -109,6 +113,7 @@ class CMOWConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         pad_token_id: int | None = 0,
         sep_token_id: int | None = None,
+        cls_token_id: int | None = None,
         teacher: str | None = None,
         distillation: dict | None = None,
         **kwargs,
@@ -131,7 +136,11 @@ class CMOWConfig(PretrainedConfig):
             raise ValueError("`bidirectional=True` needs a matrix encoder: use encoder 'cmow' or 'hybrid'.")
         if initializer_range < 0:
             raise ValueError(f"`initializer_range` must be >= 0; got {initializer_range!r}.")
-        for name, token_id in (("pad_token_id", pad_token_id), ("sep_token_id", sep_token_id)):
+        for name, token_id in (
+            ("pad_token_id", pad_token_id),
+            ("sep_token_id", sep_token_id),
+            ("cls_token_id", cls_token_id),
+        ):
             if token_id is not None and not 0 <= token_id < vocab_size:
                 raise ValueError(f"`{name}` must be in [0, vocab_size={vocab_size}); got {token_id!r}.")
         problem_type = kwargs.get("problem_type")
@@ -153,6 +162,7 @@ class CMOWConfig(PretrainedConfig):
         self.classifier = classifier
         self.classifier_hidden_size = classifier_hidden_size
         self.classifier_dropout = classifier_dropout
+        self.cls_token_id = cls_token_id
         self.teacher = teacher
         self.distillation = distillation
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
@@ -174,11 +184,13 @@ class CMOWConfig(PretrainedConfig):
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kwargs) -> "CMOWConfig":
-        """A config whose vocabulary, padding and separator ids are the tokenizer's; ``kwargs`` set the rest."""
+        """A config whose vocabulary, padding, separator and classification ids are the tokenizer's; ``kwargs`` set
+        the rest."""
         return cls(
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             sep_token_id=tokenizer.sep_token_id,
+            cls_token_id=tokenizer.cls_token_id,
             **kwargs,
         )
 

@@ -32,8 +32,11 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     SequenceClassifierOutput,
 )
+from transformers.utils import logging
 
 from .configuration_cmow import CMOWConfig
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -42,11 +45,15 @@ class CMOWModelOutput(BaseModelOutputWithPooling):
 
     Attributes:
         last_hidden_state: ``(batch, seq, hidden_size)`` per-token prefix (and suffix) representations, or ``None``
-            when they were not asked for.
+            unless asked for (``output_hidden_states=True``, ``config.output_hidden_states`` or
+            ``output_token_states=True``): they cost a log-depth scan over all positions, about 10x the pooled
+            product. With ``last_hidden_state`` ``None``, ``output[0]`` (the first field set, what pipelines read) is
+            ``pooler_output``.
         pooler_output: ``(batch, sentence_embedding_size)`` the sentence embedding: the ``pooler`` projection of the
             pooled features when the model has one (``config.embedding_size``), else the pooled features.
         pooled_features: ``(batch, hidden_size)`` ``[cbow; cmow_fw; cmow_bw]`` of the whole text, what the
             classification heads read.
+        hidden_states: ``(last_hidden_state,)`` when ``output_hidden_states``: CMOW has one "layer".
     """
 
     pooled_features: torch.FloatTensor | None = None
@@ -412,12 +419,23 @@ class CMOWPooler(nn.Module):
         return self.dense(pooled)
 
 
+def _resize_rows(table: nn.Embedding, rows: int, new_row: torch.Tensor) -> None:
+    """Give ``table`` ``rows`` rows: the old rows that fit, then copies of ``new_row``."""
+    old = table.weight.data
+    weight = new_row.to(old).expand(rows, -1).clone()
+    keep = min(rows, len(old))
+    weight[:keep] = old[:keep]
+    table.weight = nn.Parameter(weight, requires_grad=table.weight.requires_grad)
+    table.num_embeddings = rows
+
+
 class CMOWPreTrainedModel(PreTrainedModel):
     config: CMOWConfig
     config_class = CMOWConfig
     base_model_prefix = "cmow"
     main_input_name = "input_ids"
     accepts_loss_kwargs = False
+    supports_gradient_checkpointing = False
     _no_split_modules = []
 
     @torch.no_grad()
@@ -439,6 +457,68 @@ class CMOWPreTrainedModel(PreTrainedModel):
             init.copy_(module.weight, noise + eye)
         else:
             super()._init_weights(module)
+
+    def _check_standard_arguments(self, inputs_embeds: torch.Tensor | None, output_attentions: bool | None) -> None:
+        """Clear errors for the standard transformers arguments that have no meaning for CMOW."""
+        if inputs_embeds is not None:
+            raise ValueError(
+                "CMOW models take `input_ids`, not `inputs_embeds`: a token is a matrix looked up by its id, and "
+                "there is no embedding layer to bypass. Pass the token ids."
+            )
+        if output_attentions or (output_attentions is None and self.config.output_attentions):
+            raise ValueError("CMOW has no attention, so it has no attentions to output: pass output_attentions=False.")
+
+    def _wants_hidden_states(self, output_hidden_states: bool | None) -> bool:
+        return self.config.output_hidden_states if output_hidden_states is None else bool(output_hidden_states)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """CMOW has no layers whose activations could be recomputed in the backward pass: always raises."""
+        raise ValueError(
+            "CMOW has nothing to checkpoint: it has no layers whose activations could be recomputed, only token "
+            "tables and one product per text. Train without gradient checkpointing (gradient_checkpointing=False)."
+        )
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize every token table (and the MLM decoder) to ``new_num_tokens`` rows, e.g. after adding tokens.
+
+        New token matrices are the identity and new token vectors zero (like padding, so a new token leaves a text's
+        product and CBOW sum unchanged until it is trained; a CBOW mean counts it); the pooler and the classifier are
+        untouched. New MLM decoder rows get the standard
+        initialisation. ``mean_resizing`` is accepted for compatibility and ignored: the identity is CMOW's neutral
+        token. Shrinking drops the last rows.
+
+        Returns:
+            The resized input table (``get_input_embeddings()``).
+        """
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return self.get_input_embeddings()
+        rows = self.config.vocab_size if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            rows = math.ceil(rows / pad_to_multiple_of) * pad_to_multiple_of
+        for name in ("pad_token_id", "sep_token_id", "cls_token_id"):
+            token_id = getattr(self.config, name, None)
+            if token_id is not None and token_id >= rows:
+                raise ValueError(f"Cannot resize to {rows} tokens: `{name}` {token_id} would be dropped.")
+        encoder = self.base_model.encoder
+        if encoder.cbow_embeddings is not None:
+            _resize_rows(encoder.cbow_embeddings, rows, torch.zeros(self.config.cbow_size))
+        for table in (encoder.cmow_embeddings, encoder.cmow_bw_embeddings):
+            if table is not None:
+                _resize_rows(table, rows, torch.eye(self.config.matrix_size).flatten())
+        decoder = self.get_output_embeddings()
+        if decoder is not None:
+            old_weight, old_bias = decoder.weight.data, decoder.bias.data
+            decoder.weight = nn.Parameter(
+                old_weight.new_empty(rows, old_weight.shape[1]).normal_(std=self.config.initializer_range)
+            )
+            decoder.bias = nn.Parameter(old_bias.new_zeros(rows))
+            keep = min(rows, len(old_weight))
+            decoder.weight.data[:keep], decoder.bias.data[:keep] = old_weight[:keep], old_bias[:keep]
+            decoder.out_features = rows
+        self.config.vocab_size = rows
+        return self.get_input_embeddings()
 
     def _check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Validate ``input_ids`` and return a boolean mask of the positions to encode."""
@@ -491,46 +571,67 @@ class CMOWModel(CMOWPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        output_token_states: bool = True,
+        output_token_states: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> CMOWModelOutput | tuple:
         r"""Encode a batch of token ids.
+
+        By default only the pooled product is computed, the fast path: ``last_hidden_state`` is ``None`` unless
+        per-token states are asked for.
 
         Args:
             input_ids: ``(batch, seq)`` token ids.
             attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding; derived from ``pad_token_id`` if absent.
             token_type_ids: Accepted for tokenizer compatibility and ignored: the encoder reads the whole input.
-            output_token_states: Compute per-token outputs (``last_hidden_state``); ``False`` computes only the
-                pooled output, which is much cheaper.
-            return_dict: Return a tuple when ``False``.
+            output_token_states: Compute the per-token states (``last_hidden_state``) without ``hidden_states``.
+            output_hidden_states: Compute the per-token states, returned as ``last_hidden_state`` and as
+                ``hidden_states=(last_hidden_state,)``; ``None`` follows ``config.output_hidden_states``.
+            output_attentions: Must be false: CMOW has no attention.
+            inputs_embeds: Not supported (a clear error): CMOW looks its token matrices up by id.
+            return_dict: Return a tuple (of the fields that are set) when ``False``.
 
         Returns:
-            ``CMOWModelOutput``: ``last_hidden_state`` ``(batch, seq, hidden_size)``, ``pooler_output`` (the
-            sentence embedding, ``(batch, sentence_embedding_size)``) and ``pooled_features``
-            ``(batch, hidden_size)``.
+            ``CMOWModelOutput``: ``pooler_output`` (the sentence embedding, ``(batch, sentence_embedding_size)``),
+            ``pooled_features`` ``(batch, hidden_size)`` and, when asked for, ``last_hidden_state``
+            ``(batch, seq, hidden_size)`` and ``hidden_states``.
         """
+        self._check_standard_arguments(inputs_embeds, output_attentions)
+        output_hidden_states = self._wants_hidden_states(output_hidden_states)
         mask = self._check_inputs(input_ids, attention_mask)
-        token_states, pooled = self.encoder(input_ids, mask, token_states=output_token_states)
+        token_states, pooled = self.encoder(
+            input_ids, mask, token_states=bool(output_token_states or output_hidden_states)
+        )
+        token_states = None if token_states is None else token_states.to(self.dtype)
         pooled = pooled.to(self.dtype)
         output = CMOWModelOutput(
-            last_hidden_state=None if token_states is None else token_states.to(self.dtype),
+            last_hidden_state=token_states,
             pooler_output=pooled if self.pooler is None else self.pooler(pooled),
+            hidden_states=(token_states,) if output_hidden_states else None,
             pooled_features=pooled,
         )
         return output if return_dict is not False else output.to_tuple()
 
 
-def second_segment(
+def pair_sides(
     input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None, sep_token_id: int | None
-) -> torch.Tensor:
-    """Positions of the second text of ``tokenizer(a, b)``: ``token_type_ids == 1``, else after the first separator."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the first and second text of ``tokenizer(a, b)``: by ``token_type_ids``, else by separators.
+
+    Without token types the first text ends at the first separator and the second starts at the next non-separator,
+    so RoBERTa's ``<s> a </s></s> b </s>`` gives ``<s> a </s>`` and ``b </s>``, like BERT's ``[CLS] a [SEP] b [SEP]``.
+    """
     if token_type_ids is not None and bool((token_type_ids[mask] != 0).any()):
-        return mask & (token_type_ids != 0)
+        second = mask & (token_type_ids != 0)
+        return mask & ~second, second
     if sep_token_id is None:
         raise ValueError("Pair encoding needs `token_type_ids` or a `sep_token_id` in the config to split the pair.")
     is_sep = (input_ids == sep_token_id) & mask
     after_first_sep = (is_sep.long().cumsum(dim=1) - is_sep.long()) > 0
-    return mask & after_first_sep
+    started = (after_first_sep & ~is_sep).long().cumsum(dim=1) > 0
+    return mask & ~after_first_sep, mask & started
 
 
 class CMOWClassificationHead(nn.Module):
@@ -578,7 +679,9 @@ class CMOWForSequenceClassification(CMOWPreTrainedModel):
     Sentence pairs come in as ``tokenizer(a, b)``, as for BERT. With ``config.pair_encoding == "joint"`` the whole
     input is one text. With ``"diffcat"`` / ``"diffcat_prod"`` (the paper's two-sequence encoding) each side is
     encoded alone, by masking the other side out (masked positions are the identity, so this equals encoding it
-    alone), and the head classifies ``[a; b; |a - b|]`` (``; a * b``).
+    alone), and the head classifies ``[a; b; |a - b|]`` (``; a * b``). Both sides read like single texts: the second
+    side gets the leading ``[CLS]`` (``config.cls_token_id``) too, ``[CLS] a [SEP]`` and ``[CLS] b [SEP]``, so
+    ``|a - b|`` compares like with like. A single text is a pair with an empty second text: ``[a; 0; |a|]``.
     """
 
     def __init__(self, config: CMOWConfig):
@@ -595,13 +698,20 @@ class CMOWForSequenceClassification(CMOWPreTrainedModel):
         mask = self._check_inputs(input_ids, attention_mask)
         if self.config.pair_encoding == "joint":
             return self.cmow.pooled_features(input_ids, mask)
-        second = second_segment(input_ids, mask, token_type_ids, self.config.sep_token_id)
-        if not bool(second.any(dim=1).all()):
-            raise ValueError(
-                f"pair_encoding={self.config.pair_encoding!r} needs a sentence pair in every input, as produced by "
-                "`tokenizer(text_a, text_b)`; for single texts use pair_encoding='joint'."
+        first, second = pair_sides(input_ids, mask, token_type_ids, self.config.sep_token_id)  # (batch, seq) each
+        has_pair = second.any(dim=1)  # (batch,)
+        if not bool(has_pair.all()):
+            logger.warning_once(
+                f"pair_encoding={self.config.pair_encoding!r} got single texts: each is classified as a pair with an "
+                "empty second text (which encodes to zero). Pass `tokenizer(text_a, text_b)` for pairs."
             )
-        both = self.cmow.pooled_features(input_ids.repeat(2, 1), torch.cat([mask & ~second, second]))
+        cls_token_id = getattr(self.config, "cls_token_id", None)
+        if cls_token_id is not None:
+            # The second side gets the first side's leading [CLS], so both read like single texts: [CLS] x [SEP].
+            leading_cls = torch.zeros_like(mask)
+            leading_cls[:, 0] = (input_ids[:, 0] == cls_token_id) & first[:, 0] & has_pair
+            second = second | leading_cls
+        both = self.cmow.pooled_features(input_ids.repeat(2, 1), torch.cat([first, second]))
         a, b = both.chunk(2)  # (batch, hidden) each
         features = [a, b, (a - b).abs()]
         if self.config.pair_encoding == "diffcat_prod":
@@ -614,6 +724,9 @@ class CMOWForSequenceClassification(CMOWPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
         r"""Classify texts or text pairs.
@@ -624,11 +737,19 @@ class CMOWForSequenceClassification(CMOWPreTrainedModel):
             token_type_ids: ``(batch, seq)``, 1 on the second text of a pair.
             labels: ``(batch,)`` class ids, ``(batch,)`` floats for regression or ``(batch, num_labels)`` for
                 multi-label; the loss is returned only when given.
+            output_hidden_states: Also return ``hidden_states``: the encoder's per-token states of the whole input
+                read as one text, ``((batch, seq, hidden_size),)``.
+            output_attentions: Must be false: CMOW has no attention.
+            inputs_embeds: Not supported (a clear error): CMOW looks its token matrices up by id.
             return_dict: Return a tuple when ``False``.
         """
+        self._check_standard_arguments(inputs_embeds, output_attentions)
         logits = self.classifier(self.pooled_features(input_ids, attention_mask, token_type_ids))
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
-        output = SequenceClassifierOutput(loss=loss, logits=logits)
+        hidden_states = None
+        if self._wants_hidden_states(output_hidden_states):
+            hidden_states = self.cmow(input_ids, attention_mask, output_hidden_states=True).hidden_states
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
         return output if return_dict is not False else output.to_tuple()
 
 
@@ -663,6 +784,9 @@ class CMOWForMaskedLM(CMOWPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> MaskedLMOutput | tuple:
         r"""Predict every position's token.
@@ -672,9 +796,13 @@ class CMOWForMaskedLM(CMOWPreTrainedModel):
             attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding.
             token_type_ids: Ignored.
             labels: ``(batch, seq)`` original ids at masked positions and -100 elsewhere.
+            output_hidden_states: Also return ``hidden_states=(per-token states,)``.
+            output_attentions: Must be false: CMOW has no attention.
+            inputs_embeds: Not supported (a clear error): CMOW looks its token matrices up by id.
             return_dict: Return a tuple when ``False``.
         """
-        outputs = self.cmow(input_ids, attention_mask)
+        self._check_standard_arguments(inputs_embeds, output_attentions)
+        outputs = self.cmow(input_ids, attention_mask, output_token_states=True)  # the head reads every position
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, seq, vocab)
         loss = None
         if labels is not None:
@@ -683,7 +811,8 @@ class CMOWForMaskedLM(CMOWPreTrainedModel):
                 logits.view(-1, self.config.vocab_size).float(), labels.view(-1), ignore_index=-100, reduction="sum"
             )
             loss = token_losses / (labels != -100).sum().clamp_min(1)
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=(outputs.last_hidden_state,))
+        hidden_states = (outputs.last_hidden_state,) if self._wants_hidden_states(output_hidden_states) else None
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
         return output if return_dict is not False else output.to_tuple()
 
 

@@ -69,7 +69,7 @@ def distill(
             ``cmow.distill.default_corpus``).
         output_dir: Where the student and checkpoints go.
         student_config: ``CMOWConfig`` keyword arguments (e.g. ``{"encoder": "cmow", "matrix_size": 16}``);
-            ``vocab_size``, ``pad_token_id`` and ``sep_token_id`` come from the teacher and its tokenizer.
+            ``vocab_size`` and the special token ids come from the teacher and its tokenizer.
         config: Distillation settings; ``DistillationConfig()`` when ``None``.
         corpus_config_name: Configuration name of a Hub dataset corpus.
         resume: Continue from the newest complete checkpoint in ``output_dir``, with the same settings.
@@ -97,7 +97,7 @@ def distill(
         teacher_model, student_class, pooling = AutoModelForMaskedLM.from_pretrained(teacher), CMOWForMaskedLM, None
     else:
         teacher_model, student_class, pooling = AutoModel.from_pretrained(teacher), CMOWModel, teacher_pooling(teacher)
-    for name in ("vocab_size", "pad_token_id", "sep_token_id", "embedding_size"):
+    for name in ("vocab_size", "pad_token_id", "sep_token_id", "cls_token_id", "embedding_size"):
         if name in (student_config or {}):
             raise ValueError(f"`{name}` of the student comes from the teacher and its tokenizer; do not set it.")
     student_settings = {
@@ -105,6 +105,7 @@ def distill(
         "vocab_size": teacher_model.config.vocab_size,
         "pad_token_id": tokenizer.pad_token_id,
         "sep_token_id": tokenizer.sep_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
         # The sentence embedding (the student's pooler) lives in the teacher's embedding space.
         "embedding_size": teacher_model.config.hidden_size if student_class is CMOWModel else None,
     }

@@ -238,8 +238,10 @@ def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedToken
         "id2label": dict(enumerate(task.label_names or ("score",))),
     }
     if cfg.student:
+        # cls_token_id as from_tokenizer sets it: diffcat encodes both sides as [CLS] x [SEP], also for older students.
+        overrides = {"cls_token_id": tokenizer.cls_token_id, **cfg.student_config}
         return AutoModelForSequenceClassification.from_pretrained(
-            cfg.student, ignore_mismatched_sizes=True, **head, **cfg.student_config
+            cfg.student, ignore_mismatched_sizes=True, **head, **overrides
         )
     settings = {"encoder": "hybrid", "bidirectional": True, "classifier": "mlp", **cfg.student_config}
     return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
