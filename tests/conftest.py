@@ -1,7 +1,9 @@
 """Shared fixtures: tiny configs with distinct odd sizes, the real teacher tokenizer, the shared data folder."""
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,35 @@ def tiny_tokenizer():
     tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + WORDS)})
     assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.sep_token_id) == (VOCAB, PAD, SEP)
     return tokenizer
+
+
+HIDE_CMOW = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class RefuseCmow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "cmow" or name.startswith("cmow."):
+                raise ImportError("cmow is hidden in this test")
+
+    sys.meta_path.insert(0, RefuseCmow())
+    try:
+        import cmow  # noqa: F401
+        raise SystemExit("cmow is importable")
+    except ImportError:
+        pass
+    """
+)
+
+
+def run_without_cmow(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a Python ``script`` (with ``args``) in a fresh interpreter where ``import cmow`` fails, offline."""
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_CMOW + textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), "PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=300,
+    )

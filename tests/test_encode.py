@@ -1,11 +1,14 @@
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
+from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
 
 from cmow import CMOWModel, encode
 from cmow.encode import pad_batch
-from conftest import tiny_config
+from conftest import run_without_cmow, tiny_config
 
 TEXTS = [
     "a charming and often affecting journey.",
@@ -104,3 +107,94 @@ def test_encode_refuses_a_tokenizer_with_ids_beyond_the_vocabulary(tokenizer):
     small = CMOWModel(tiny_config(vocab_size=50)).eval()
     with pytest.raises(ValueError, match="outside this model's vocabulary"):
         encode(small, tokenizer, TEXTS)
+
+
+# --- every user path gives the same vector ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tokenizer, tmp_path) -> Path:
+    """A saved model with a pooler (so pooler_output differs from the pooled features) and its tokenizer."""
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        sep_token_id=tokenizer.sep_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        embedding_size=13,
+    )
+    CMOWModel(config).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    return tmp_path / "checkpoint"
+
+
+def test_model_encode_finds_the_saved_tokenizer_and_equals_cmow_encode(checkpoint, tokenizer):
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    expected = encode(model, tokenizer, TEXTS)
+    assert expected.shape == (len(TEXTS), 13)
+    torch.testing.assert_close(model.encode(TEXTS), expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.encode(TEXTS, tokenizer=tokenizer, normalize=True), F.normalize(expected))
+    # The plain transformers way gives the same vector, without computing per-token states.
+    with torch.inference_mode():
+        output = model(**tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    assert output.last_hidden_state is None
+    torch.testing.assert_close(output.pooler_output, expected, rtol=1e-5, atol=1e-6)
+    # A classifier saved from the same encoder embeds texts the same way.
+    classifier = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
+    torch.testing.assert_close(classifier.encode(TEXTS), expected, rtol=0, atol=0)
+
+
+def test_model_encode_without_a_saved_tokenizer_says_to_pass_one(checkpoint, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer=tokenizer"):
+        CMOWModel(tiny_config()).encode(TEXTS)
+    model = AutoModel.from_pretrained(checkpoint)
+    model.save_pretrained(tmp_path / "no-tokenizer")
+    with pytest.raises(ValueError, match="No tokenizer was saved"):
+        AutoModel.from_pretrained(tmp_path / "no-tokenizer").encode(TEXTS)
+
+
+def test_feature_extraction_pipeline_returns_the_sentence_embedding(checkpoint):
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    extractor = pipeline("feature-extraction", model=checkpoint)
+    features = torch.tensor([extractor(text)[0] for text in TEXTS])
+    torch.testing.assert_close(features, model.encode(TEXTS), rtol=1e-5, atol=1e-6)
+
+
+def test_sentence_transformers_loads_a_checkpoint_and_equals_model_encode(checkpoint):
+    sentence_transformers = pytest.importorskip("sentence_transformers", reason="pip install cmow[st]")
+    assert {"modules.json", "sentence_bert_config.json"} <= {path.name for path in checkpoint.iterdir()}
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    texts = [*TEXTS, " ".join(["word"] * 700)]  # longer than the tokenizer's 512: neither truncates
+    st_model = sentence_transformers.SentenceTransformer(str(checkpoint), device="cpu")
+    assert st_model.get_embedding_dimension() == 13
+    embeddings = st_model.encode(texts, convert_to_tensor=True, batch_size=2)
+    torch.testing.assert_close(embeddings, model.encode(texts), rtol=1e-5, atol=1e-6)
+
+
+REMOTE_ENCODE_CHECK = """
+import importlib.util
+import torch
+from transformers import AutoModel, AutoTokenizer, pipeline
+
+folder, expected_file = sys.argv[1:]
+texts, expected = torch.load(expected_file)
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+assert torch.equal(model.encode(texts), expected)
+torch.testing.assert_close(model(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output, expected)
+extractor = pipeline("feature-extraction", model=folder, trust_remote_code=True)
+torch.testing.assert_close(torch.tensor([extractor(text)[0] for text in texts]), expected)
+if importlib.util.find_spec("sentence_transformers"):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    torch.testing.assert_close(st_model.encode(texts, convert_to_tensor=True), expected)
+print("remote encode OK")
+"""
+
+
+def test_every_user_path_gives_the_same_vector_from_remote_code_without_cmow(checkpoint, tmp_path):
+    model = AutoModel.from_pretrained(checkpoint)
+    torch.save((TEXTS, model.encode(TEXTS)), tmp_path / "expected.pt")
+    result = run_without_cmow(REMOTE_ENCODE_CHECK, str(checkpoint), str(tmp_path / "expected.pt"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote encode OK" in result.stdout

@@ -163,7 +163,10 @@ def test_push_then_load_without_the_package_gives_the_same_logits_and_card(hub, 
     assert head["message"] == "first" and len(repo.commits) == 2  # the initial commit, then everything in one
     files = head["files"]
     assert set(files) == {".gitattributes", *(path.name for path in files_to_upload(checkpoint))}
-    assert {"model.safetensors", "configuration_cmow.py", "modeling_cmow.py", "tokenizer.json"} <= set(files)
+    assert {"model.safetensors", "configuration_cmow.py", "modeling_cmow.py", "encode.py", "tokenizer.json"} <= set(
+        files
+    )
+    assert {"modules.json", "sentence_bert_config.json"} <= set(files)  # SentenceTransformer(repo) works too
     assert files["model.safetensors"][1], "the weights went through LFS"
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert hub.state.blobs[files["README.md"][0]] == (checkpoint / "README.md").read_bytes()  # our card, not HF's

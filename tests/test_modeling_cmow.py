@@ -1,7 +1,4 @@
 import math
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -9,7 +6,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 
 from cmow import CMOWConfig, CMOWForMaskedLM, CMOWForSequenceClassification, CMOWModel
 from cmow.modeling_cmow import ngram_bucket_ids, normalize_product, prefix_products, tree_product
-from conftest import BATCH, CBOW, PAD, SEP, SEQ, VOCAB, D, random_ids, tiny_config
+from conftest import BATCH, CBOW, PAD, SEP, SEQ, VOCAB, D, random_ids, run_without_cmow, tiny_config
 
 ENCODERS = [("cbow", False), ("cmow", False), ("cmow", True), ("hybrid", False), ("hybrid", True)]
 
@@ -521,42 +518,26 @@ def test_auto_classes_load_every_head_from_one_checkpoint(tmp_path):
     assert torch.equal(reloaded.cmow.encoder.cmow_embeddings.weight, model.cmow.encoder.cmow_embeddings.weight)
 
 
-REMOTE_CODE_CHECK = textwrap.dedent(
-    """
-    import importlib.abc, sys
+REMOTE_CODE_CHECK = """
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    class RefuseCmow(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "cmow" or name.startswith("cmow."):
-                raise ImportError("cmow is hidden in this test")
-
-    sys.meta_path.insert(0, RefuseCmow())
-    try:
-        import cmow  # noqa: F401
-        raise SystemExit("cmow is importable")
-    except ImportError:
-        pass
-
-    import torch
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
-
-    folder, inputs_file, expected_file = sys.argv[1:]
-    inputs, expected = torch.load(inputs_file), torch.load(expected_file)
-    classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    masked_lm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
-    assert "transformers_modules" in type(classifier).__module__, type(classifier).__module__
-    with torch.inference_mode():
-        assert torch.equal(classifier(**inputs).logits, expected["logits"])
-        assert torch.equal(base(inputs["input_ids"]).pooler_output, expected["pooled"])
-        assert masked_lm(inputs["input_ids"]).logits.shape[-1] == 99
-    # The n-gram hash of the shipped code, in this process (another PYTHONHASHSEED), equals the package's.
-    ngram_bucket_ids = sys.modules[type(base).__module__].ngram_bucket_ids
-    for order, buckets in expected["ngram_buckets"].items():
-        assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], (order,), 2**20), buckets), order
-    print("remote code OK")
-    """
-)
+folder, inputs_file, expected_file = sys.argv[1:]
+inputs, expected = torch.load(inputs_file), torch.load(expected_file)
+classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+masked_lm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert "transformers_modules" in type(classifier).__module__, type(classifier).__module__
+with torch.inference_mode():
+    assert torch.equal(classifier(**inputs).logits, expected["logits"])
+    assert torch.equal(base(inputs["input_ids"]).pooler_output, expected["pooled"])
+    assert masked_lm(inputs["input_ids"]).logits.shape[-1] == 99
+# The n-gram hash of the shipped code, in this process (another PYTHONHASHSEED), equals the package's.
+ngram_bucket_ids = sys.modules[type(base).__module__].ngram_bucket_ids
+for order, buckets in expected["ngram_buckets"].items():
+    assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], (order,), 2**20), buckets), order
+print("remote code OK")
+"""
 
 
 def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ngrams_alike(tmp_path, torch_path):
@@ -574,24 +555,7 @@ def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ng
     assert len(expected["ngram_buckets"][2].unique()) > 20  # not a constant
     torch.save(inputs, tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            REMOTE_CODE_CHECK,
-            str(tmp_path / "checkpoint"),
-            *(str(tmp_path / name) for name in ("inputs.pt", "expected.pt")),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(tmp_path / "hf_home"),
-            "PATH": "/usr/bin:/bin",
-            "PYTHONHASHSEED": "12345",
-        },
-        timeout=300,
-    )
+    files = [str(tmp_path / name) for name in ("checkpoint", "inputs.pt", "expected.pt")]
+    result = run_without_cmow(REMOTE_CODE_CHECK, *files, cwd=tmp_path, env={"PYTHONHASHSEED": "12345"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code OK" in result.stdout

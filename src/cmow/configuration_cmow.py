@@ -221,6 +221,11 @@ class CMOWConfig(PretrainedConfig):
         return self.embedding_size or self.hidden_size
 
     @property
+    def projection_dim(self) -> int:
+        """``sentence_embedding_size``, under the name sentence-transformers reads a projected embedding's size from."""
+        return self.sentence_embedding_size
+
+    @property
     def classifier_input_size(self) -> int:
         """Input width of the sequence-classification head, after pair encoding."""
         return self.hidden_size * {"joint": 1, "diffcat": 3, "diffcat_prod": 4}[self.pair_encoding]

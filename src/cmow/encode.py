@@ -1,18 +1,23 @@
-"""Sentence embeddings from a CMOW model: ``encode(model, tokenizer, texts)``.
+"""Sentence embeddings from a CMOW model: ``encode(model, tokenizer, texts)`` (also ``model.encode(texts)``), and the
+files that make sentence-transformers compute the same vector.
 
 The fast path tokenizes with the Rust ``tokenizers`` backend in one parallel call per chunk of texts, without padding
 or truncation, sorts the texts by token count and builds each batch's padded id tensor itself, so padding stays
 minimal and the tokenizer's per-call overhead is paid once per chunk rather than once per batch.
+
+This file is shipped as remote code next to saved checkpoints (``modeling_cmow.py`` imports it, so ``model.encode``
+works without this package): it imports only numpy, torch and transformers.
 """
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
-
-from .modeling_cmow import CMOWPreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
@@ -58,7 +63,7 @@ OUTPUTS = ("sentence_embedding", "pooled_features")
 
 
 def encode(
-    model: CMOWPreTrainedModel,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     batch_size: int = 256,
@@ -67,8 +72,9 @@ def encode(
 ) -> torch.Tensor:
     """CMOW sentence embeddings of ``texts``, in input order.
 
-    Texts are tokenized in large chunks and encoded in batches sorted by token count, so padding stays small. The
-    model runs in eval mode (its mode is restored afterwards), so the result does not depend on dropout.
+    Texts are tokenized in large chunks, never truncated, and encoded in batches sorted by token count, so padding
+    stays small. The model runs in eval mode (its mode is restored afterwards), so the result does not depend on
+    dropout. ``model.encode(texts)`` is the same with the tokenizer saved next to the model.
 
     Args:
         model: A CMOW model (``CMOWModel`` or any head; its encoder is used).
@@ -155,3 +161,26 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
                 embeddings = torch.empty(len(texts), vectors.shape[1])
             embeddings[[chunk_start + i for i in rows]] = vectors
     return embeddings
+
+
+# sentence-transformers: one Transformer module whose output is the model's pooler_output, on untruncated texts.
+SENTENCE_TRANSFORMERS_FILES = {
+    "modules.json": [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+    ],
+    "sentence_bert_config.json": {
+        "transformer_task": "feature-extraction",
+        "modality_config": {"text": {"method": "forward", "method_output_name": "pooler_output"}},
+        "module_output_name": "sentence_embedding",
+        "processing_kwargs": {"text": {"truncation": False}},
+    },
+    "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"},
+}
+
+
+def write_sentence_transformers_config(folder: str | os.PathLike) -> None:
+    """Write the files with which ``SentenceTransformer(folder)`` (sentence-transformers >= 6.2) returns exactly
+    ``encode``'s vectors: the model's ``pooler_output`` on untruncated texts, rather than mean pooling of token states.
+    """
+    for name, content in SENTENCE_TRANSFORMERS_FILES.items():
+        Path(folder, name).write_text(json.dumps(content, indent=2) + "\n")

@@ -20,7 +20,7 @@ from .configuration_cmow import AUTO_MAP
 
 logger = logging.getLogger(__name__)
 
-CODE_FILES = ("configuration_cmow.py", "modeling_cmow.py")
+CODE_FILES = ("configuration_cmow.py", "modeling_cmow.py", "encode.py")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -31,6 +31,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 OTHER_FILES = ("config.json", "README.md", "cmow_training.json", "generation_config.json")
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # The HTTP library's base error (httpx's, httpx2's in huggingface_hub 2): unreachable hosts raise it, not
 # HfHubHTTPError, which derives from it. Taken from HfHubHTTPError so either library version works.
@@ -98,7 +99,7 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
         raise ValueError(f"config.json's auto_map lacks {', '.join(missing_auto)}: re-save the model with cmow.")
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no README.md: write the card first (`cmow card {folder}`).")
-    names = [*CODE_FILES, *TOKENIZER_FILES, *OTHER_FILES]
+    names = [*CODE_FILES, *TOKENIZER_FILES, *OTHER_FILES, *SENTENCE_TRANSFORMERS_FILES]
     return weights + [folder / name for name in names if (folder / name).is_file()]
 
 
