@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from . import __version__, hub, hub_cards, train_sst2
+from . import __version__, export, hub, hub_cards, train_sst2
 from .distill import cli as distill_cli
 from .evaluation import cli as evaluation_cli
 from .glue import cli as glue_cli
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_parser(commands)
     distill_cli.add_parser(commands)
     evaluation_cli.add_parser(commands)
+    export.add_parser(commands)
     return parser
 
 

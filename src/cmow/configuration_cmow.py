@@ -222,7 +222,7 @@ class CMOWConfig(PretrainedConfig):
 
     @property
     def projection_dim(self) -> int:
-        """``sentence_embedding_size``, under the name sentence-transformers reads a projected embedding's size from."""
+        """``sentence_embedding_size``, under the name sentence-transformers reads an embedding's size from."""
         return self.sentence_embedding_size
 
     @property
