@@ -3,8 +3,10 @@
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -13,11 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel
 
 from cmow import CMOWForMaskedLM, CMOWModel
+from cmow.cli import main
 from cmow.distill import DistillationConfig, TeacherPooling, distill, distill_from_model
 from cmow.distill.augmentation import add_word_order_copies
 from cmow.distill.checkpoints import latest_checkpoint
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
+from cmow.distill.launch import requested_processes, warn_if_fewer_processes
 from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
 from cmow.distill.teacher import read_pooling
 from cmow.hub import files_to_upload
@@ -55,7 +59,9 @@ def run_config(**overrides) -> DistillationConfig:
 
 
 def logged_losses(caplog) -> list[float]:
-    return [r.args[1]["loss"] for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")]
+    """The losses of the trainer's ``step N: loss X ...`` log lines."""
+    lines = [r.getMessage() for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")]
+    return [float(line.split("loss ")[1].split()[0]) for line in lines]
 
 
 def test_kd_loss_known_values():
@@ -158,8 +164,8 @@ def test_two_process_launch_from_folders(tiny_tokenizer, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Saved the distilled student" in result.stdout
-    assert "on 2 process(es)" in result.stderr
+    assert result.stdout.count("Saved the distilled student") == 1  # the report comes from the main process only
+    assert "on 2 process(es)" in result.stderr and "asked for" not in result.stderr
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["distillation"]["objective"] == "mlm" and saved["teacher"] == "teacher (local folder)"
     assert saved["vocab_size"] == VOCAB and saved["matrix_size"] == 3
@@ -284,12 +290,12 @@ def test_config_file_values_are_overridden_by_flags(tmp_path):
 
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps({"max_steps": 7, "learning_rate": 0.5, "matrix_size": 3, "corpus": ["a.txt"]}))
-    args = build_parser().parse_args(["distill", "--config", str(config_file), "--learning-rate", "0.25"])
+    args = build_parser("distill").parse_args(["distill", "--config", str(config_file), "--learning-rate", "0.25"])
     settings = settings_from(args)
     assert (settings["max_steps"], settings["learning_rate"], settings["matrix_size"]) == (7, 0.25, 3)
     config_file.write_text(json.dumps({"max_stpes": 7}))
     with pytest.raises(ValueError, match="unknown settings max_stpes"):
-        settings_from(build_parser().parse_args(["distill", "--config", str(config_file)]))
+        settings_from(build_parser("distill").parse_args(["distill", "--config", str(config_file)]))
 
 
 def test_contrastive_loss_known_values():
@@ -329,8 +335,49 @@ def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_token
     distill_from_model(tiny_teacher(BertModel), tiny_tokenizer, student, dataset, tmp_path, config)
     losses = logged_losses(caplog)
     assert losses[-1] < losses[0], losses
-    terms = [r.args[1] for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")]
-    assert {"loss_sentence", "loss_contrastive", "loss_relational"} <= set(terms[-1]) and "loss_token" not in terms[-1]
+    last = [r.getMessage() for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")][
+        -1
+    ]
+    assert all(f"{term} " in last for term in ("sentence", "contrastive", "relational")) and "token " not in last
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["embedding_size"] == 12
     assert saved["distillation"]["init"] == "static" and saved["distillation"]["init_weighting"] == "sif"
+
+
+def test_cli_run_logs_losses_and_prints_next_steps_that_work_outside_the_venv(
+    tiny_tokenizer, tmp_path, capsys, caplog
+):
+    teacher_dir, corpus, student = tmp_path / "teacher", tmp_path / "corpus.txt", tmp_path / "student"
+    tiny_teacher(BertModel).save_pretrained(teacher_dir)
+    tiny_tokenizer.save_pretrained(teacher_dir)
+    corpus.write_text("\n".join(corpus_texts(12)) + "\n")
+    arguments = [
+        "distill", "--teacher", str(teacher_dir), "--corpus", str(corpus), "--output-dir", str(student),
+        "--matrix-size", "3", "--cbow-size", "5", "--batch-size", "3", "--max-seq-length", "7", "--max-steps", "2",
+        "--logging-steps", "1", "--save-steps", "0", "--report-to", "none",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    assert len(logged_losses(caplog)) == 2  # a log file gets the losses, not only the progress bar
+    printed = capsys.readouterr().out
+    python_hint, evaluate_hint, _ = printed.split("Next:\n")[1].splitlines()
+    assert shlex.split(evaluate_hint)[:2] == [str(Path(sys.executable).with_name("cmow")), "evaluate"]
+    # The hint runs as printed in a shell whose PATH has no virtual environment.
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run(python_hint, shell=True, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "torch.Size([1, 12])"  # the sentence embedding in the teacher's 12 dimensions
+
+
+def test_a_launch_that_started_fewer_processes_than_asked_warns(caplog, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    launcher = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--num_processes", "2", "-m", "cmow.cli"]
+    assert requested_processes(launcher) == 2
+    assert requested_processes(["python", "-m", "accelerate.commands.launch", "--num_processes=3", "x.py"]) == 3
+    assert requested_processes(["bash"]) is None and requested_processes(["accelerate", "launch", "x.py"]) is None
+    with caplog.at_level(logging.WARNING, logger="cmow.distill.launch"):
+        assert warn_if_fewer_processes(1, "cpu", launcher)
+        assert not warn_if_fewer_processes(2, "cpu", launcher)
+        assert not warn_if_fewer_processes(1, "cpu", ["bash"])
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert warn_if_fewer_processes(1, "cpu", ["bash"])
+    assert "asked for 2 processes, but this run has 1" in caplog.text and "--multi_gpu" in caplog.text

@@ -200,13 +200,11 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "export",
-        help="export a checkpoint to ONNX (sentence embedding or logits), checked in onnxruntime",
-        description="Export a CMOW checkpoint to an ONNX graph that takes input_ids and attention_mask of any batch "
-        "size and length and returns the sentence embedding (what model.encode returns) or, with --logits, the "
-        "classifier's logits. The file is checked against the model in onnxruntime (pip install cmow[onnx]).",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export a CMOW checkpoint to an ONNX graph that takes input_ids and attention_mask of any batch size and "
+        "length and returns the sentence embedding (what model.encode returns) or, with --logits, the classifier's "
+        "logits. The file is checked against the model in onnxruntime (pip install cmow[onnx])."
     )
     parser.add_argument("format", choices=["onnx"], help="the export format")
     parser.add_argument("model", help="checkpoint folder or Hub id")

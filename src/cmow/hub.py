@@ -156,12 +156,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "push",
-        help="upload a checkpoint folder (safetensors, remote code, tokenizer, card) to the Hub",
-        description="Upload a saved cmow checkpoint folder to a Hugging Face Hub model repo in one commit. "
-        "Uses $HF_TOKEN or the token stored by `hf auth login`, and $HF_ENDPOINT if set.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Upload a saved cmow checkpoint folder to a Hugging Face Hub model repo in one commit. Uses $HF_TOKEN or the "
+        "token stored by `hf auth login`, and $HF_ENDPOINT if set."
     )
     parser.add_argument("folder", help="folder written by save_pretrained, with README.md (see `cmow card`)")
     parser.add_argument("repo_id", help="Hub repo, user/name")

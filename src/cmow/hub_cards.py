@@ -336,12 +336,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "card",
-        help="(re)write the model card README.md of a checkpoint folder",
-        description=f"Render FOLDER/README.md from FOLDER/config.json, the weights and FOLDER/{RECORD_FILE} "
-        "(written by training), with the options below added or replaced.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        f"Render FOLDER/README.md from FOLDER/config.json, the weights and FOLDER/{RECORD_FILE} (written by "
+        "training), with the options below added or replaced."
     )
     parser.add_argument("folder", help="folder written by save_pretrained")
     parser.add_argument(

@@ -131,18 +131,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train-sst2",
-        help="train a random-init bidirectional Hybrid CMOW classifier on SST-2 with the Trainer",
-        description=__doc__,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.add_argument(
+        "--output-dir", default="outputs/cmow-sst2", help="where the model is saved (default: %(default)s)"
     )
-    parser.add_argument("--output-dir", default="outputs/cmow-sst2", help="where the model is saved")
     parser.add_argument("--data-dir", help="shared data folder holding glue/SST-2 (default: $CMOW_DATA_DIR)")
     parser.add_argument("--tokenizer", help="tokenizer id or folder (default: the all-MiniLM-L6-v2 teacher's)")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-train-samples", type=int, help="train on a random subset of this size")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs over SST-2 train (default: %(default)s)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="peak learning rate, linear decay (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: %(default)s)")
+    parser.add_argument("--max-train-samples", type=int, help="train on a random subset of this size (default: all)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     parser.set_defaults(func=run)

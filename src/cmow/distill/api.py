@@ -56,6 +56,7 @@ def distill(
     student_config: dict | None = None,
     config: DistillationConfig | None = None,
     corpus_config_name: str | None = None,
+    data_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite_output_dir: bool = False,
     push_to_hub: str | None = None,
@@ -72,6 +73,7 @@ def distill(
             ``vocab_size`` and the special token ids come from the teacher and its tokenizer.
         config: Distillation settings; ``DistillationConfig()`` when ``None``.
         corpus_config_name: Configuration name of a Hub dataset corpus.
+        data_dir: The shared data folder of the default corpus; defaults to ``$CMOW_DATA_DIR``.
         resume: Continue from the newest complete checkpoint in ``output_dir``, with the same settings.
         overwrite_output_dir: Start afresh in an ``output_dir`` that holds an earlier run (deletes its checkpoints).
         push_to_hub: Upload the student to this Hub repository id when done.
@@ -83,7 +85,7 @@ def distill(
     teacher = str(teacher or default_teacher())
     check_teacher_exists(teacher)
     if corpus is None:
-        dataset, corpus_name, digest = default_corpus()
+        dataset, corpus_name, digest = default_corpus(data_dir)
         contents = f"{corpus_name} {digest}"
     else:
         dataset = load_corpus(corpus, corpus_config_name)

