@@ -47,7 +47,7 @@ _PIPELINES = {  # architecture suffix -> (pipeline tag, Auto class, phrase, usag
         "feature-extraction",
         "AutoModel",
         "sentence encoder",
-        'embeddings = cmow.encode(model, tokenizer, ["a sentence", "another one"])  # (2, hidden)',
+        'embeddings = model.encode(["a sentence", "another one"])  # (2, size), as cmow.encode(model, tokenizer, ...)',
     ),
 }
 _ENCODER_NAMES = {"cmow": "CMOW", "cbow": "CBOW", "hybrid": "Hybrid (CMOW + CBOW)"}
