@@ -3,6 +3,7 @@ import logging
 import subprocess
 import sys
 
+import huggingface_hub.utils
 import pytest
 import transformers
 
@@ -59,3 +60,4 @@ def test_quiet_by_default_verbose_on_request():
     finally:
         transformers.logging.set_verbosity_warning()
         transformers.logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()

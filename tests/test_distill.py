@@ -1,4 +1,4 @@
-"""General distillation with tiny random BERT teachers and a 99-token WordPiece tokenizer built offline."""
+"""General distillation with tiny random BERT teachers and the 99-token WordPiece tokenizer of conftest."""
 
 import json
 import logging

@@ -8,7 +8,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
 
 from cmow import CMOWModel, encode
 from cmow.encode import pad_batch
-from conftest import run_without_cmow, tiny_config
+from conftest import tiny_config
 
 TEXTS = [
     "a charming and often affecting journey.",
@@ -167,34 +167,3 @@ def test_sentence_transformers_loads_a_checkpoint_and_equals_model_encode(checkp
     assert st_model.get_embedding_dimension() == 13
     embeddings = st_model.encode(texts, convert_to_tensor=True, batch_size=2)
     torch.testing.assert_close(embeddings, model.encode(texts), rtol=1e-5, atol=1e-6)
-
-
-REMOTE_ENCODE_CHECK = """
-import importlib.util
-import torch
-from transformers import AutoModel, AutoTokenizer, pipeline
-
-folder, expected_file = sys.argv[1:]
-texts, expected = torch.load(expected_file)
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-assert "transformers_modules" in type(model).__module__, type(model).__module__
-assert torch.equal(model.encode(texts), expected)
-torch.testing.assert_close(model(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output, expected)
-extractor = pipeline("feature-extraction", model=folder, trust_remote_code=True)
-torch.testing.assert_close(torch.tensor([extractor(text)[0] for text in texts]), expected)
-if importlib.util.find_spec("sentence_transformers"):
-    from sentence_transformers import SentenceTransformer
-
-    st_model = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
-    torch.testing.assert_close(st_model.encode(texts, convert_to_tensor=True), expected)
-print("remote encode OK")
-"""
-
-
-def test_every_user_path_gives_the_same_vector_from_remote_code_without_cmow(checkpoint, tmp_path):
-    model = AutoModel.from_pretrained(checkpoint)
-    torch.save((TEXTS, model.encode(TEXTS)), tmp_path / "expected.pt")
-    result = run_without_cmow(REMOTE_ENCODE_CHECK, str(checkpoint), str(tmp_path / "expected.pt"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote encode OK" in result.stdout

@@ -519,8 +519,9 @@ def test_auto_classes_load_every_head_from_one_checkpoint(tmp_path):
 
 
 REMOTE_CODE_CHECK = """
+import importlib.util
 import torch
-from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 folder, inputs_file, expected_file = sys.argv[1:]
 inputs, expected = torch.load(inputs_file), torch.load(expected_file)
@@ -536,19 +537,42 @@ with torch.inference_mode():
 ngram_bucket_ids = sys.modules[type(base).__module__].ngram_bucket_ids
 for order, buckets in expected["ngram_buckets"].items():
     assert torch.equal(ngram_bucket_ids(*expected["hash_inputs"], (order,), 2**20), buckets), order
+
+# The sentence embedding: model.encode (shipped encode.py), the plain forward, pipelines, sentence-transformers.
+texts, embeddings = expected["texts"], expected["embeddings"]
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+assert torch.equal(base.encode(texts), embeddings)
+torch.testing.assert_close(base(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output, embeddings)
+extractor = pipeline("feature-extraction", model=folder, trust_remote_code=True)
+torch.testing.assert_close(torch.tensor([extractor(text)[0] for text in texts]), embeddings)
+if importlib.util.find_spec("sentence_transformers"):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    torch.testing.assert_close(st_model.encode(texts, convert_to_tensor=True), embeddings)
 print("remote code OK")
 """
 
 
-def test_remote_code_loads_every_auto_class_without_cmow_installed_and_hashes_ngrams_alike(tmp_path, torch_path):
+def test_remote_code_loads_every_auto_class_embeds_and_hashes_ngrams_alike_without_cmow(
+    tiny_tokenizer, tmp_path, torch_path
+):
     # With a pooler (embedding_size), as distilled students have, and hashed n-grams: both must travel with the code.
     # The remote process has no compiled kernel; with the torch path here too, the outputs must be identical.
     config = ngram_config(num_labels=3, pair_encoding="diffcat", embedding_size=13)
     model = with_random_ngrams(CMOWForSequenceClassification(config)).eval()
     model.save_pretrained(tmp_path / "checkpoint")
+    tiny_tokenizer.save_pretrained(tmp_path / "checkpoint")
     inputs = pair_batch()
+    texts = ["w1 w2 w3", "w7", "w5 w5 w9 w11 w2"]
     with torch.inference_mode():
-        expected = {"logits": model(**inputs).logits, "pooled": model.cmow(inputs["input_ids"]).pooler_output}
+        expected = {
+            "logits": model(**inputs).logits,
+            "pooled": model.cmow(inputs["input_ids"]).pooler_output,
+            "texts": texts,
+            "embeddings": model.encode(texts, tokenizer=tiny_tokenizer),
+        }
+    assert expected["embeddings"].shape == (3, 13)
     # Hashes of n-grams up to order 4, compared with the remote code's in another process.
     expected["hash_inputs"] = hash_inputs()
     expected["ngram_buckets"] = {n: ngram_bucket_ids(*expected["hash_inputs"], (n,), 2**20) for n in (2, 3, 4)}

@@ -81,3 +81,15 @@ def test_large_batches_give_the_same_rows_as_single_texts(chunk_matrices, monkey
         torch.testing.assert_close(together, model(input_ids).pooler_output, rtol=1e-4, atol=1e-5)
         alone = torch.cat([model(row[None], output_token_states=False).pooler_output for row in input_ids[:5]])
     torch.testing.assert_close(together[:5], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_the_plain_forward_computes_no_per_token_prefix_products(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default forward must not run the per-token scan")
+
+    monkeypatch.setattr(modeling_cmow, "prefix_products", refuse)
+    model = CMOWModel(tiny_config()).eval()
+    output = model(random_ids(), attention_mask=torch.ones(BATCH, 7, dtype=torch.long))
+    assert output.last_hidden_state is None and output.pooler_output.shape == (BATCH, model.config.hidden_size)
+    with pytest.raises(AssertionError, match="per-token scan"):
+        model(random_ids(), output_hidden_states=True)

@@ -79,15 +79,16 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("cmow").setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         return
+    import huggingface_hub.utils
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(variable, "1")  # read when datasets / huggingface_hub load their config
-    if "datasets" in sys.modules:
+    huggingface_hub.utils.disable_progress_bars()
+    if "datasets" in sys.modules:  # imported with the command's module
         sys.modules["datasets"].disable_progress_bars()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
+    else:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
 
 
 def main(argv: list[str] | None = None) -> int:
