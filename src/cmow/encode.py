@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
@@ -184,3 +184,54 @@ def write_sentence_transformers_config(folder: str | os.PathLike) -> None:
     """
     for name, content in SENTENCE_TRANSFORMERS_FILES.items():
         Path(folder, name).write_text(json.dumps(content, indent=2) + "\n")
+
+
+class SentenceEmbeddingMixin:
+    """``model.encode(texts)`` with the tokenizer saved next to the model, and ``save_pretrained`` that also writes
+    the sentence-transformers files. Mixed into ``CMOWPreTrainedModel``."""
+
+    def encode(
+        self,
+        texts: list[str],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        batch_size: int = 256,
+        output: str = "sentence_embedding",
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Sentence embeddings of ``texts``: ``encode(model, tokenizer, texts, ...)``, see there.
+
+        Args:
+            texts: The texts; none may be empty.
+            tokenizer: Defaults to the tokenizer saved with the model, loaded once from where the model was loaded.
+            batch_size: Texts per batch.
+            output: ``"sentence_embedding"`` (``pooler_output``) or ``"pooled_features"``.
+            normalize: L2-normalise each embedding.
+
+        Returns:
+            ``(len(texts), size)`` float tensor.
+        """
+        return encode(self, tokenizer or self._saved_tokenizer(), texts, batch_size, output, normalize)
+
+    def _saved_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer saved next to the model (``config.name_or_path``), loaded once."""
+        if getattr(self, "_cmow_tokenizer", None) is None:
+            source = self.config.name_or_path
+            if not source:
+                raise ValueError(
+                    "This model was not loaded with from_pretrained, so there is no saved tokenizer to find: pass "
+                    "one, model.encode(texts, tokenizer=tokenizer)."
+                )
+            try:
+                # Passing the config skips AutoConfig, which would ask to run remote code without this package.
+                self._cmow_tokenizer = AutoTokenizer.from_pretrained(source, config=self.config)
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"No tokenizer was saved with the model in {source}: pass one, model.encode(texts, tokenizer=...)."
+                ) from error
+        return self._cmow_tokenizer
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, is_main_process: bool = True, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the sentence-transformers files."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            write_sentence_transformers_config(save_directory)

@@ -20,14 +20,13 @@ This file is shipped as remote code next to saved checkpoints: it imports only t
 """
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -37,8 +36,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from .configuration_cmow import CMOWConfig
-from .encode import encode as encode_texts
-from .encode import write_sentence_transformers_config
+from .encode import SentenceEmbeddingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -433,7 +431,10 @@ def _resize_rows(table: nn.Embedding, rows: int, new_row: torch.Tensor) -> None:
     table.num_embeddings = rows
 
 
-class CMOWPreTrainedModel(PreTrainedModel):
+class CMOWPreTrainedModel(SentenceEmbeddingMixin, PreTrainedModel):
+    """Base of the CMOW models: weight initialisation, input checks, the standard transformers methods, and
+    ``model.encode`` (from ``SentenceEmbeddingMixin``)."""
+
     config: CMOWConfig
     config_class = CMOWConfig
     base_model_prefix = "cmow"
@@ -462,52 +463,6 @@ class CMOWPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
 
-    def encode(
-        self,
-        texts: list[str],
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        batch_size: int = 256,
-        output: str = "sentence_embedding",
-        normalize: bool = False,
-    ) -> torch.Tensor:
-        """Sentence embeddings of ``texts``: ``cmow.encode(model, tokenizer, texts, ...)``, see there.
-
-        Args:
-            texts: The texts; none may be empty.
-            tokenizer: Defaults to the tokenizer saved with the model, loaded once from where the model was loaded.
-            batch_size: Texts per batch.
-            output: ``"sentence_embedding"`` (``pooler_output``) or ``"pooled_features"``.
-            normalize: L2-normalise each embedding.
-
-        Returns:
-            ``(len(texts), size)`` float tensor.
-        """
-        return encode_texts(self, tokenizer or self._saved_tokenizer(), texts, batch_size, output, normalize)
-
-    def _saved_tokenizer(self) -> PreTrainedTokenizerBase:
-        """The tokenizer saved next to the model (``config.name_or_path``), loaded once."""
-        if getattr(self, "_cmow_tokenizer", None) is None:
-            source = self.config.name_or_path
-            if not source:
-                raise ValueError(
-                    "This model was not loaded with from_pretrained, so there is no saved tokenizer to find: pass "
-                    "one, model.encode(texts, tokenizer=tokenizer)."
-                )
-            try:
-                # Passing the config skips AutoConfig, which would ask to run remote code without this package.
-                self._cmow_tokenizer = AutoTokenizer.from_pretrained(source, config=self.config)
-            except (OSError, ValueError) as error:
-                raise ValueError(
-                    f"No tokenizer was saved with the model in {source}: pass one, model.encode(texts, tokenizer=...)."
-                ) from error
-        return self._cmow_tokenizer
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, is_main_process: bool = True, **kwargs):
-        """``PreTrainedModel.save_pretrained``, plus the sentence-transformers files (see ``encode.py``)."""
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            write_sentence_transformers_config(save_directory)
-
     def _check_standard_arguments(self, inputs_embeds: torch.Tensor | None, output_attentions: bool | None) -> None:
         """Clear errors for the standard transformers arguments that have no meaning for CMOW."""
         if inputs_embeds is not None:
@@ -535,9 +490,8 @@ class CMOWPreTrainedModel(PreTrainedModel):
 
         New token matrices are the identity and new token vectors zero (like padding, so a new token leaves a text's
         product and CBOW sum unchanged until it is trained; a CBOW mean counts it); the pooler and the classifier are
-        untouched. New MLM decoder rows get the standard
-        initialisation. ``mean_resizing`` is accepted for compatibility and ignored: the identity is CMOW's neutral
-        token. Shrinking drops the last rows.
+        untouched; new MLM decoder rows get the standard initialisation. ``mean_resizing`` is accepted and ignored:
+        the identity is CMOW's neutral token. Shrinking drops the last rows.
 
         Returns:
             The resized input table (``get_input_embeddings()``).
