@@ -92,6 +92,8 @@ def test_what_cannot_be_exported_fails_before_exporting(model, tmp_path):
     with pytest.raises(ValueError, match=r"export_onnx\(model.cmow"):
         export_onnx(model, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+    with pytest.raises(ValueError, match="hashed n-grams"):
+        export_onnx(CMOWModel(tiny_config(ngram_orders=(2,), ngram_buckets=17)), tmp_path / "model.onnx")
     with pytest.raises(ValueError, match="float32 model on the CPU"):
         export_onnx(CMOWModel(tiny_config()).half(), tmp_path / "model.onnx")
 

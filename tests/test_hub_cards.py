@@ -132,14 +132,16 @@ def test_bad_input_gets_a_clear_error(checkpoint, tmp_path):
         write_model_card(tmp_path / "nothing-here")
 
 
-def test_cli_refuses_a_folder_of_another_model(tmp_path):
+def test_cli_refuses_a_folder_of_another_model(tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
         tmp_path
     )
+    assert main(["card", str(tmp_path)]) == 2  # the command line prints the error in one line
+    assert "holds a 'bert' model, not a cmow one" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds a 'bert' model, not a cmow one"):
-        main(["card", str(tmp_path)])
+        main(["--verbose", "card", str(tmp_path)])
 
 
 def test_non_default_args_keeps_required_and_changed_fields():

@@ -306,9 +306,9 @@ def test_ngrams_are_summed_into_the_cbow_bag(cbow_pooling):
             states.append(running / (i + 1) if cbow_pooling == "mean" else running)
         expected_tokens.append(torch.stack(states))
     expected_tokens = torch.stack(expected_tokens)  # (batch, seq, cbow)
-    output = model(input_ids)
+    output = model(input_ids, output_hidden_states=True)
     torch.testing.assert_close(output.last_hidden_state, expected_tokens, rtol=1e-5, atol=1e-5)
-    pooled = model(input_ids, output_token_states=False).pooler_output
+    pooled = model(input_ids).pooler_output
     torch.testing.assert_close(pooled, expected_tokens[:, -1], rtol=1e-5, atol=1e-5)
     assert config.hidden_size == CBOW  # n-grams add to the bag, not to the width
 
@@ -329,8 +329,8 @@ def test_ngrams_never_cross_padding_on_either_side(cbow_pooling):
             alone = model(texts[row : row + 1, :length], output_token_states=token_states).pooler_output[0]
             torch.testing.assert_close(by_right[row], alone, rtol=0, atol=1e-5)
             torch.testing.assert_close(by_left[row], alone, rtol=0, atol=1e-5)
-    states = model(right, right != PAD).last_hidden_state
-    alone = model(texts[1:2, :2]).last_hidden_state
+    states = model(right, right != PAD, output_hidden_states=True).last_hidden_state
+    alone = model(texts[1:2, :2], output_hidden_states=True).last_hidden_state
     torch.testing.assert_close(states[1, :2], alone[0], rtol=0, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ HEADS = {
     "model": lambda: CMOWModel(tiny_config()),
     "model-with-pooler": lambda: CMOWModel(tiny_config(embedding_size=13)),
     "cmow-only": lambda: CMOWModel(tiny_config(encoder="cmow", bidirectional=False)),
+    "hashed-ngrams": lambda: CMOWModel(tiny_config(ngram_orders=(2, 3), ngram_buckets=17)),
     "classifier": lambda: CMOWForSequenceClassification(tiny_config(num_labels=3)),
     "classifier-diffcat": lambda: CMOWForSequenceClassification(
         tiny_config(num_labels=3, pair_encoding="diffcat", cls_token_id=2)

@@ -9,7 +9,8 @@ runtime's final Reshape rather than giving a wrong product. Rounds left over for
 matrix by the identity, which costs little.
 
 Exported: ``CMOWModel`` (output ``sentence_embedding``, the ``pooler_output``) and ``CMOWForSequenceClassification``
-with ``pair_encoding="joint"`` (output ``logits``). Inputs: ``input_ids`` and ``attention_mask``, both
+with ``pair_encoding="joint"`` (output ``logits``), without hashed n-grams (their hash needs integer XOR, which the
+exporter lacks). Inputs: ``input_ids`` and ``attention_mask``, both
 ``(batch, seq)`` int64. ``export_onnx`` checks the file in onnxruntime against the model before returning.
 """
 
@@ -63,6 +64,12 @@ class ExportableCMOW(nn.Module):
             raise ValueError(
                 f"{type(model).__name__} cannot be exported (it needs per-token states); export its encoder's "
                 "sentence embedding instead: `export_onnx(model.cmow, path)`."
+            )
+        if model.config.ngram_orders:
+            raise ValueError(
+                f"A model with hashed n-grams (ngram_orders={list(model.config.ngram_orders)}) cannot be exported: "
+                "their hash uses integer XOR, which the ONNX exporter does not support. Export a model without "
+                "n-grams, or serve this one with torch."
             )
         self.model = model
         self.levels = max(1, math.ceil(math.log2(max_length)))
