@@ -19,7 +19,7 @@ setup: $(BIN)/cmow
 
 quickstart: setup
 	HF_HUB_OFFLINE=1 $(BIN)/cmow distill --max-steps 200 --output-dir outputs/cmow-distilled --overwrite-output-dir
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/eval_embeddings.py outputs/cmow-distilled random --sst2-train-size 20000
+	HF_HUB_OFFLINE=1 $(BIN)/cmow evaluate outputs/cmow-distilled static random
 
 test: setup
 	$(BIN)/python -m pytest
