@@ -22,7 +22,7 @@ from cmow.distill.checkpoints import latest_checkpoint
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
 from cmow.distill.launch import requested_processes, warn_if_fewer_processes
-from cmow.distill.objectives import contrastive_loss, kd_loss, relational_loss
+from cmow.distill.objectives import contrastive_loss, kd_loss, order_loss, relational_loss
 from cmow.distill.teacher import read_pooling
 from cmow.hub import files_to_upload
 from cmow.training import token_tables
@@ -317,18 +317,35 @@ def test_relational_loss_known_values():
 
 def test_word_order_copies_are_deterministic_and_swap_two_adjacent_words():
     texts = ["a b c d", "x y", "same same", "one"]
-    copies = add_word_order_copies(texts, rate=1.0, seed=3, index=7)
-    assert copies[: len(texts)] == texts and copies == add_word_order_copies(texts, 1.0, seed=3, index=7)
-    assert len(copies) == len(texts) + 2  # "same same" and "one" have no pair of different adjacent words
-    for copy in copies[len(texts) :]:
-        assert copy not in texts and sorted(copy.split()) in (sorted(["a", "b", "c", "d"]), ["x", "y"])
-    assert add_word_order_copies(texts, 0.0, seed=3, index=7) == texts
+    augmented, originals = add_word_order_copies(texts, rate=1.0, seed=3, index=7)
+    assert augmented[: len(texts)] == texts
+    assert (augmented, originals) == add_word_order_copies(texts, 1.0, seed=3, index=7)
+    assert originals == [0, 1]  # "same same" and "one" have no pair of different adjacent words
+    for original, copy in zip(originals, augmented[len(texts) :], strict=True):
+        assert copy != texts[original] and sorted(copy.split()) == sorted(texts[original].split())
+    assert add_word_order_copies(texts, 0.0, seed=3, index=7) == (texts, [])
+
+
+def test_order_loss_matches_the_direction_of_the_teachers_change():
+    teacher = torch.tensor([[1.0, 0.0], [5.0, 5.0], [0.0, 1.0]])  # rows 0, 1 are texts; row 2 copies row 0
+    student = torch.tensor([[2.0, 0.0], [9.0, 9.0], [0.0, 2.0]])  # the same change, twice as large
+    originals = torch.tensor([0])
+    assert order_loss(student, teacher, originals).item() == pytest.approx(0.0, abs=1e-6)
+    opposite = torch.tensor([[0.0, 1.0], [9.0, 9.0], [1.0, 0.0]])
+    assert order_loss(opposite, teacher, originals).item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="needs word-swapped copies"):
+        DistillationConfig(alpha_order=1.0)
 
 
 def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_tokenizer, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
     config = run_config(
-        alpha_token=0.0, alpha_contrastive=1.0, alpha_relational=1.0, order_augmentation=0.5, init_weighting="sif"
+        alpha_token=0.0,
+        alpha_contrastive=1.0,
+        alpha_relational=1.0,
+        order_augmentation=1.0,  # every batch has copies, so every logged step has an order term
+        alpha_order=1.0,
+        init_weighting="sif",
     )
     student = CMOWModel(tiny_config(embedding_size=12))
     dataset = datasets.Dataset.from_dict({"text": corpus_texts()})

@@ -24,14 +24,18 @@ def swap_adjacent_words(text: str, rng: random.Random) -> str | None:
     return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2 :])
 
 
-def add_word_order_copies(texts: list[str], rate: float, seed: int, index: int) -> list[str]:
+def add_word_order_copies(texts: list[str], rate: float, seed: int, index: int) -> tuple[list[str], list[int]]:
     """``texts`` followed by a swapped copy of each text chosen with probability ``rate``.
 
     Deterministic in ``(seed, index)`` (``index`` is the micro-batch's position in the epoch), so a resumed or cached
     run sees the same copies.
+
+    Returns:
+        ``(texts + copies, originals)``: ``originals[k]`` is the index of the text that copy ``k`` was made from.
     """
     if rate <= 0:
-        return texts
+        return texts, []
     rng = _rng(seed, index)
     copies = [swap_adjacent_words(text, rng) if rng.random() < rate else None for text in texts]
-    return texts + [copy for copy in copies if copy is not None]
+    originals = [i for i, copy in enumerate(copies) if copy is not None]
+    return texts + [copies[i] for i in originals], originals

@@ -32,6 +32,7 @@ class DistillationConfig:
           L = alpha_sentence * mean_b D(s_b, e_b)
             + alpha_contrastive * mean_b -log softmax_c(cos(s_b, e_c) / tau)[b]                 (InfoNCE in the batch)
             + alpha_relational * mean_{b != c} (cos(s_b, s_c) - cos(e_b, e_c))^2
+            + alpha_order * mean_{(o, c)} 1 - cos(s_o - s_c, e_o - e_c)     (o: a text, c: its word-swapped copy)
             + alpha_token * mean_i D(W_tok h_i, H_i)
 
       where ``D`` is ``hidden_loss``: ``"cosine"`` ``1 - cos(a, b)``, ``"mse"`` ``mean_k (a_k - b_k)^2`` or
@@ -78,6 +79,8 @@ class DistillationConfig:
         contrastive_temperature: ``tau`` of the contrastive term.
         alpha_relational: Weight of the in-batch similarity-structure term.
         order_augmentation: Fraction of texts that get a word-swapped, teacher-labelled copy in their batch.
+        alpha_order: Weight of the term that matches the direction of the change a swap makes (needs
+            ``order_augmentation``).
         init: ``"static"`` (teacher-derived CBOW table and pooler, see above) or ``"random"``.
         init_weighting: Token weights of the static initialisation: ``"sif"`` (corpus frequencies), ``"zipf"``
             (model2vec's estimate from the vocabulary order) or ``"none"``.
@@ -118,6 +121,7 @@ class DistillationConfig:
     contrastive_temperature: float = 0.05
     alpha_relational: float = 0.0
     order_augmentation: float = 0.0
+    alpha_order: float = 0.0
     init: str = "static"
     init_weighting: str = "sif"
     init_sif_coefficient: float = 1e-3
@@ -151,6 +155,8 @@ class DistillationConfig:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
         if not 0.0 <= self.order_augmentation <= 1.0:
             raise ValueError(f"`order_augmentation` must be in [0, 1]; got {self.order_augmentation!r}.")
+        if self.alpha_order and not self.order_augmentation:
+            raise ValueError("`alpha_order` needs word-swapped copies to compare: set `order_augmentation` > 0.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
         # NaN fails every comparison, and an infinite value would make the loss or the weights infinite.
@@ -164,7 +170,7 @@ class DistillationConfig:
         for name in positive:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0; got {getattr(self, name)!r}.")
-        weights = ("alpha_token", "alpha_sentence", "alpha_contrastive", "alpha_relational")
+        weights = ("alpha_token", "alpha_sentence", "alpha_contrastive", "alpha_relational", "alpha_order")
         for name in ("weight_decay", "max_grad_norm", "warmup_steps", "alpha_ce", "alpha_mlm", *weights):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0; got {getattr(self, name)!r}.")

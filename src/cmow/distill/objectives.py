@@ -45,6 +45,17 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (difference.sum() - difference.diagonal().sum()) / max(pairs, 1)
 
 
+def order_loss(student: torch.Tensor, teacher: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    """``mean_k 1 - cos(s_o - s_c, e_o - e_c)`` over the word-swapped copies ``c`` of texts ``o`` in the batch.
+
+    The copies are the last ``len(originals)`` rows; ``originals[k]`` is the row copy ``k`` was made from. Matching the
+    direction (not the size) of the teacher's change lets the student make the change as large as it likes.
+    """
+    copies = torch.arange(len(student) - len(originals), len(student), device=student.device)
+    change, teacher_change = student[originals] - student[copies], teacher[originals] - teacher[copies]
+    return hidden_distance(change, teacher_change, "cosine").mean()
+
+
 class DistillationModule(nn.Module):
     """The student plus, for the hidden-state objective, a training-only projection of its per-token outputs.
 
@@ -92,5 +103,8 @@ class DistillationModule(nn.Module):
             terms["contrastive"] = contrastive_loss(embedding, teacher_embedding, config.contrastive_temperature)
         if config.alpha_relational:
             terms["relational"] = relational_loss(embedding, teacher_embedding)
+        originals = batch.get("copy_of")
+        if config.alpha_order and originals is not None and len(originals):
+            terms["order"] = order_loss(embedding, teacher_embedding, originals)
         loss = sum(getattr(config, f"alpha_{name}") * value for name, value in terms.items())
         return {"loss": loss, **terms}

@@ -272,8 +272,9 @@ def distill_from_model(
                 break
             if index < progress.batches_in_epoch:  # consumed before the checkpoint we resumed from
                 continue
-            texts = add_word_order_copies(texts, config.order_augmentation, config.seed, index)
+            texts, originals = add_word_order_copies(texts, config.order_augmentation, config.seed, index)
             batch = {k: v.to(accelerator.device) for k, v in _collate(texts, tokenizer, collator, config).items()}
+            batch["copy_of"] = torch.tensor(originals, dtype=torch.long, device=accelerator.device)
 
             # Teacher targets, from the cache when it has them.
             targets = cache.load(index, accelerator.device) if cache else None
