@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -22,7 +23,7 @@ from cmow.distill.checkpoints import latest_checkpoint
 from cmow.distill.cli import settings_from
 from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
 from cmow.distill.launch import requested_processes, warn_if_fewer_processes
-from cmow.distill.objectives import contrastive_loss, kd_loss, order_loss, relational_loss
+from cmow.distill.objectives import contrastive_loss, kd_loss, order_loss, relational_loss, swap_detection_loss
 from cmow.distill.teacher import read_pooling
 from cmow.hub import files_to_upload
 from cmow.training import token_tables
@@ -337,6 +338,14 @@ def test_order_loss_matches_the_direction_of_the_teachers_change():
         DistillationConfig(alpha_order=1.0)
 
 
+def test_swap_detection_loss_is_the_cross_entropy_of_copies_against_their_originals():
+    logits = torch.tensor([2.0, 7.0, -1.0, 0.5])  # rows 0-2 are texts; row 3 copies row 2, so rows 0, 1 do not count
+    expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(-0.5))) / 2  # -log(1 - sigma(-1)), -log sigma(0.5)
+    assert swap_detection_loss(logits, torch.tensor([2])).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="`alpha_swap` needs word-swapped copies"):
+        DistillationConfig(alpha_swap=1.0)
+
+
 def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_tokenizer, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
     config = run_config(
@@ -345,6 +354,7 @@ def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_token
         alpha_relational=1.0,
         order_augmentation=1.0,  # every batch has copies, so every logged step has an order term
         alpha_order=1.0,
+        alpha_swap=1.0,
         init_weighting="sif",
     )
     student = CMOWModel(tiny_config(embedding_size=12))
@@ -355,7 +365,10 @@ def test_static_initialisation_and_extra_terms_train_and_are_recorded(tiny_token
     last = [r.getMessage() for r in caplog.records if r.name == "cmow.distill.trainer" and r.msg.startswith("step")][
         -1
     ]
-    assert all(f"{term} " in last for term in ("sentence", "contrastive", "relational")) and "token " not in last
+    assert (
+        all(f"{term} " in last for term in ("sentence", "contrastive", "relational", "order", "swap"))
+        and "token " not in last
+    )
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["embedding_size"] == 12
     assert saved["distillation"]["init"] == "static" and saved["distillation"]["init_weighting"] == "sif"

@@ -33,6 +33,7 @@ class DistillationConfig:
             + alpha_contrastive * mean_b -log softmax_c(cos(s_b, e_c) / tau)[b]                 (InfoNCE in the batch)
             + alpha_relational * mean_{b != c} (cos(s_b, s_c) - cos(e_b, e_c))^2
             + alpha_order * mean_{(o, c)} 1 - cos(s_o - s_c, e_o - e_c)     (o: a text, c: its word-swapped copy)
+            + alpha_swap * mean_{x in o, c} BCE(w . s_x + b, [x is a copy])              (swap detection)
             + alpha_token * mean_i D(W_tok h_i, H_i)
 
       where ``D`` is ``hidden_loss``: ``"cosine"`` ``1 - cos(a, b)``, ``"mse"`` ``mean_k (a_k - b_k)^2`` or
@@ -41,7 +42,9 @@ class DistillationConfig:
       prefix products and their targets entirely).
 
     With ``order_augmentation = r`` each batch also holds, for a fraction ``r`` of its texts, a copy with two adjacent
-    words swapped (``cmow.distill.augmentation``), embedded by the teacher like any text.
+    words swapped (``cmow.distill.augmentation``), embedded by the teacher like any text. The swap-detection term is
+    self-supervised (like StructBERT's word-structural objective): a training-only logistic regression ``(w, b)`` on
+    the sentence embedding must tell the copies from their originals, which only the order-aware matrix part can do.
 
     Before training, ``init="static"`` makes the student a static embedding model of the teacher (see
     ``cmow.distill.initialization``): CBOW rows are the teacher's per-token outputs, PCA-rotated and SIF-weighted by
@@ -81,6 +84,7 @@ class DistillationConfig:
         order_augmentation: Fraction of texts that get a word-swapped, teacher-labelled copy in their batch.
         alpha_order: Weight of the term that matches the direction of the change a swap makes (needs
             ``order_augmentation``).
+        alpha_swap: Weight of the swap-detection term (needs ``order_augmentation``).
         init: ``"static"`` (teacher-derived CBOW table and pooler, see above) or ``"random"``.
         init_weighting: Token weights of the static initialisation: ``"sif"`` (corpus frequencies), ``"zipf"``
             (model2vec's estimate from the vocabulary order) or ``"none"``.
@@ -122,6 +126,7 @@ class DistillationConfig:
     alpha_relational: float = 0.0
     order_augmentation: float = 0.0
     alpha_order: float = 0.0
+    alpha_swap: float = 0.0
     init: str = "static"
     init_weighting: str = "sif"
     init_sif_coefficient: float = 1e-3
@@ -155,8 +160,9 @@ class DistillationConfig:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
         if not 0.0 <= self.order_augmentation <= 1.0:
             raise ValueError(f"`order_augmentation` must be in [0, 1]; got {self.order_augmentation!r}.")
-        if self.alpha_order and not self.order_augmentation:
-            raise ValueError("`alpha_order` needs word-swapped copies to compare: set `order_augmentation` > 0.")
+        for name in ("alpha_order", "alpha_swap"):
+            if getattr(self, name) and not self.order_augmentation:
+                raise ValueError(f"`{name}` needs word-swapped copies to compare: set `order_augmentation` > 0.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1); got {self.mlm_probability!r}.")
         # NaN fails every comparison, and an infinite value would make the loss or the weights infinite.
@@ -170,7 +176,14 @@ class DistillationConfig:
         for name in positive:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0; got {getattr(self, name)!r}.")
-        weights = ("alpha_token", "alpha_sentence", "alpha_contrastive", "alpha_relational", "alpha_order")
+        weights = (
+            "alpha_token",
+            "alpha_sentence",
+            "alpha_contrastive",
+            "alpha_relational",
+            "alpha_order",
+            "alpha_swap",
+        )
         for name in ("weight_decay", "max_grad_norm", "warmup_steps", "alpha_ce", "alpha_mlm", *weights):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0; got {getattr(self, name)!r}.")

@@ -56,6 +56,19 @@ def order_loss(student: torch.Tensor, teacher: torch.Tensor, originals: torch.Te
     return hidden_distance(change, teacher_change, "cosine").mean()
 
 
+def swap_detection_loss(logits: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of telling word-swapped copies (label 1) from their originals (label 0).
+
+    ``logits`` holds one score per row of the batch; the copies are the last ``len(originals)`` rows and
+    ``originals[k]`` is the row copy ``k`` was made from. Texts without a copy do not count, so both classes are
+    equally frequent.
+    """
+    copies = torch.arange(len(logits) - len(originals), len(logits), device=logits.device)
+    scores = torch.cat([logits[originals], logits[copies]]).float()
+    labels = torch.cat([torch.zeros(len(originals)), torch.ones(len(originals))]).to(scores.device)
+    return F.binary_cross_entropy_with_logits(scores, labels)
+
+
 class DistillationModule(nn.Module):
     """The student plus, for the hidden-state objective, a training-only projection of its per-token outputs.
 
@@ -72,6 +85,8 @@ class DistillationModule(nn.Module):
         self.config = config
         if objective == "hidden" and config.alpha_token:
             self.token_projection = nn.Linear(student.config.hidden_size, teacher_hidden_size)
+        if objective == "hidden" and config.alpha_swap:
+            self.swap_head = nn.Linear(student.config.sentence_embedding_size, 1)
 
     def forward(self, batch: dict, targets: dict) -> dict:
         config = self.config
@@ -106,5 +121,7 @@ class DistillationModule(nn.Module):
         originals = batch.get("copy_of")
         if config.alpha_order and originals is not None and len(originals):
             terms["order"] = order_loss(embedding, teacher_embedding, originals)
+        if config.alpha_swap and originals is not None and len(originals):
+            terms["swap"] = swap_detection_loss(self.swap_head(embedding).squeeze(-1), originals)
         loss = sum(getattr(config, f"alpha_{name}") * value for name, value in terms.items())
         return {"loss": loss, **terms}
