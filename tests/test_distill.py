@@ -24,7 +24,7 @@ from cmow.distill.cli import settings_from
 from cmow.distill.corpus import corpus_fingerprint, first_text, load_corpus
 from cmow.distill.launch import requested_processes, warn_if_fewer_processes
 from cmow.distill.objectives import contrastive_loss, kd_loss, order_loss, relational_loss, swap_detection_loss
-from cmow.distill.teacher import read_pooling
+from cmow.distill.teacher import read_pooling, teacher_targets
 from cmow.hub import files_to_upload
 from cmow.training import token_tables
 from conftest import PAD, VOCAB, WORDS, tiny_config
@@ -336,6 +336,18 @@ def test_order_loss_matches_the_direction_of_the_teachers_change():
     assert order_loss(opposite, teacher, originals).item() == pytest.approx(2.0)
     with pytest.raises(ValueError, match="needs word-swapped copies"):
         DistillationConfig(alpha_order=1.0)
+
+
+def test_teacher_sentence_targets_in_length_chunks_equal_the_padded_batchs(tiny_tokenizer):
+    teacher = tiny_teacher(BertModel).eval()
+    texts = corpus_texts(37) + [" ".join(WORDS[:15])]  # one long text pads the others
+    batch = dict(tiny_tokenizer(texts, padding=True, truncation=True, max_length=17, return_tensors="pt"))
+    pooling = TeacherPooling()
+    with torch.no_grad():
+        chunked = teacher_targets(teacher, batch, "hidden", pooling, token_states=False)["sentence"]
+        padded = teacher_targets(teacher, batch, "hidden", pooling, token_states=True)["sentence"]
+    assert chunked.shape == padded.shape == (38, teacher.config.hidden_size)
+    torch.testing.assert_close(chunked, padded, atol=1e-5, rtol=1e-5)
 
 
 def test_swap_detection_loss_is_the_cross_entropy_of_copies_against_their_originals():
