@@ -119,7 +119,7 @@ class DistillationConfig:
     alpha_mlm: float = 2.0
     mlm_probability: float = 0.15
     hidden_loss: str = "cosine"
-    alpha_token: float = 1.0
+    alpha_token: float = 0.0
     alpha_sentence: float = 1.0
     alpha_contrastive: float = 0.0
     contrastive_temperature: float = 0.05
