@@ -89,13 +89,17 @@ def test_mlm_teacher_lowers_loss_and_saves_masked_lm(tiny_tokenizer, tmp_path, c
     assert isinstance(reloaded, CMOWForMaskedLM)
     assert reloaded.config.teacher == "tiny-bert-mlm"
     assert reloaded.config.distillation["objective"] == "mlm" and reloaded.config.distillation["steps"] == 30
+    assert (
+        "masked-LM distillation: 5 x T^2 KL(teacher || student) at T = 2 + 2 x MLM"
+        in (tmp_path / "README.md").read_text()
+    )
     assert {"modeling_cmow.py", "configuration_cmow.py", "README.md", "tokenizer.json"} <= set(os.listdir(tmp_path))
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_path, caplog, sparse):
     caplog.set_level(logging.DEBUG, logger="cmow.distill.trainer")
-    config = run_config(hidden_loss="mse+cosine", sparse_embeddings=sparse)
+    config = run_config(hidden_loss="mse+cosine", sparse_embeddings=sparse, alpha_token=1.0)
     pooling = TeacherPooling("mean", normalize=True)
     student = CMOWModel(tiny_config(embedding_size=12))
     dataset = datasets.Dataset.from_dict({"text": corpus_texts()})
@@ -107,6 +111,11 @@ def test_hidden_teacher_lowers_loss_and_saves_plain_encoder(tiny_tokenizer, tmp_
     assert not any("projection" in name for name in load_file(tmp_path / "model.safetensors"))
     reloaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(reloaded, CMOWModel) and reloaded.config.distillation["objective"] == "hidden"
+    card = (tmp_path / "README.md").read_text()
+    sentence, token = "1 x MSE + 1 - cos to the teacher's sentence embedding", "1 x per-token MSE + 1 - cos"
+    assert (
+        f"**Objective:** hidden-state distillation: {sentence} + {token} to the teacher's last hidden states" in card
+    )
     assert not any(table.sparse for table in token_tables(student))  # the user's model is handed back as it came
 
 

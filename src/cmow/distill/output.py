@@ -14,6 +14,26 @@ from .config import DistillationConfig
 logger = logging.getLogger(__name__)
 
 
+def describe_objective(objective: str, config: DistillationConfig) -> str:
+    """The objective in words with its active terms and weights, for the model card."""
+    if objective == "mlm":
+        return (
+            f"masked-LM distillation: {config.alpha_ce:g} x T^2 KL(teacher || student) at T = {config.temperature:g} "
+            f"+ {config.alpha_mlm:g} x MLM cross-entropy"
+        )
+    distance = {"cosine": "1 - cos", "mse": "MSE", "mse+cosine": "MSE + 1 - cos"}[config.hidden_loss]
+    terms = {
+        "alpha_sentence": f"{distance} to the teacher's sentence embedding",
+        "alpha_contrastive": f"in-batch InfoNCE with the teacher as keys (tau = {config.contrastive_temperature:g})",
+        "alpha_relational": "in-batch cosine-similarity matrix MSE",
+        "alpha_order": "direction of the teacher's change under a word swap",
+        "alpha_swap": "word-swap detection",
+        "alpha_token": f"per-token {distance} to the teacher's last hidden states",
+    }
+    active = [f"{getattr(config, name):g} x {text}" for name, text in terms.items() if getattr(config, name)]
+    return "hidden-state distillation: " + " + ".join(active)
+
+
 def save_student(
     student: CMOWPreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -44,7 +64,7 @@ def save_student(
     write_model_card(
         output_dir,
         teacher=teacher,
-        objective=objective,
+        objective=describe_objective(objective, config),
         training_args=config,
         datasets=[corpus] if corpus else None,
     )
