@@ -7,6 +7,8 @@
 #
 #   CMOW_DATA_DIR=../shared/data examples/glue_all.sh                 # local GLUE TSVs; unset: nyu-mll/glue (Hub)
 #   GENERAL_STUDENT=runs/cmow-minilm-hybrid examples/glue_all.sh
+#   TASKS="WNLI RTE MRPC STS-B CoLA SST-2" OUT=runs/glue6 REPORT=runs/glue6/report.md \
+#     GENERAL_STUDENT=runs/cmow-minilm-hybrid examples/glue_all.sh        # the six tasks with complete data
 #
 # Extra arguments go to every `cmow glue` call. About 3 hours on one CPU core (docs/glue.md ran two tasks at a time).
 set -euo pipefail
@@ -21,7 +23,7 @@ teacher_epochs() {
     esac
 }
 
-for task in WNLI RTE MRPC STS-B CoLA QQP MNLI QNLI SST-2; do
+for task in ${TASKS:-WNLI RTE MRPC STS-B CoLA QQP MNLI QNLI SST-2}; do
     student_epochs=10
     [[ $task == SST-2 ]] && student_epochs=3
     settings=(--output-dir "$OUT" --teacher-lr 1e-4 --teacher-epochs "$(teacher_epochs "$task")")
