@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Distil a pretrained teacher into a CMOW student. A teacher with a masked-LM head is distilled with the "
         "paper's objective (MLM + KL at temperature T); any other teacher (e.g. a sentence-transformer) with "
-        "per-token and sentence-embedding distillation. The student uses the teacher's tokenizer."
+        "sentence-embedding distillation, starting from a static embedding model of the teacher (per-token and other "
+        "terms optional: --alpha-token, --alpha-contrastive, ...). The student uses the teacher's tokenizer."
     )
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
