@@ -118,10 +118,10 @@ class DistillationModule(nn.Module):
             terms["contrastive"] = contrastive_loss(embedding, teacher_embedding, config.contrastive_temperature)
         if config.alpha_relational:
             terms["relational"] = relational_loss(embedding, teacher_embedding)
-        originals = batch.get("copy_of")
-        if config.alpha_order and originals is not None and len(originals):
+        originals = batch.get("copy_of")  # absent when the batch has no word-swapped copies
+        if config.alpha_order and originals is not None:
             terms["order"] = order_loss(embedding, teacher_embedding, originals)
-        if config.alpha_swap and originals is not None and len(originals):
+        if config.alpha_swap and originals is not None:
             terms["swap"] = swap_detection_loss(self.swap_head(embedding).squeeze(-1), originals)
         loss = sum(getattr(config, f"alpha_{name}") * value for name, value in terms.items())
         return {"loss": loss, **terms}

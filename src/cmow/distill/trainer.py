@@ -274,7 +274,8 @@ def distill_from_model(
                 continue
             texts, originals = add_word_order_copies(texts, config.order_augmentation, config.seed, index)
             batch = {k: v.to(accelerator.device) for k, v in _collate(texts, tokenizer, collator, config).items()}
-            batch["copy_of"] = torch.tensor(originals, dtype=torch.long, device=accelerator.device)
+            if originals:  # rows of the texts the word-swapped copies (the last rows) were made from
+                batch["copy_of"] = torch.tensor(originals, dtype=torch.long, device=accelerator.device)
 
             # Teacher targets, from the cache when it has them.
             targets = cache.load(index, accelerator.device) if cache else None
