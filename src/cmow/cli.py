@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "score frozen embeddings (STS-B, SST-2, MRPC, word order) against the teacher and static baselines",
     "glue": "fine-tune a teacher and distil a CMOW student on GLUE tasks",
     "train-sst2": "train a random-init bidirectional Hybrid CMOW classifier on SST-2 with the Trainer",
+    "quantize": "copy a checkpoint with int8 or float16 weights (4x or 2x smaller)",
     "export": "export a checkpoint to ONNX (sentence embedding or logits), checked in onnxruntime",
     "card": "(re)write the model card README.md of a checkpoint folder",
     "push": "upload a checkpoint folder (safetensors, remote code, tokenizer, card) to the Hub",
@@ -37,6 +38,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         from .glue.cli import add_arguments
     elif command == "train-sst2":
         from .train_sst2 import add_arguments
+    elif command == "quantize":
+        from .quantize import add_arguments
     elif command == "export":
         from .export import add_arguments
     elif command == "card":

@@ -9,6 +9,7 @@ ENCODERS = ("cmow", "cbow", "hybrid")
 CBOW_POOLINGS = ("mean", "sum")
 PAIR_ENCODINGS = ("joint", "diffcat", "diffcat_prod")
 CLASSIFIERS = ("linear", "mlp")
+WEIGHT_STORAGES = ("float", "int8")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 AUTO_MAP = {
@@ -88,6 +89,10 @@ class CMOWConfig(PretrainedConfig):
         sep_token_id: Separator token; used to find the second text of a pair when there are no ``token_type_ids``.
         cls_token_id: Classification token that starts every tokenized text; ``diffcat`` pair encodings put it in
             front of the second text too, so both sides are encoded like single texts.
+        weight_storage: How ``save_pretrained`` stores the encoder's weights (token tables and pooler): ``"float"``
+            (the model's dtype) or ``"int8"`` (each row as int8 with one float32 scale; matrix rows as their difference
+            from the identity; ``modeling_cmow.quantize_rows``), about 4x smaller than float32. Loading dequantises to
+            float32 and sets this back to ``"float"``: products always run in float32.
         teacher: Hub id or path of the model this student was distilled from (informational).
         distillation: Settings of the distillation that produced this model (informational).
     """
@@ -114,6 +119,7 @@ class CMOWConfig(PretrainedConfig):
         pad_token_id: int | None = 0,
         sep_token_id: int | None = None,
         cls_token_id: int | None = None,
+        weight_storage: str = "float",
         teacher: str | None = None,
         distillation: dict | None = None,
         **kwargs,
@@ -129,6 +135,7 @@ class CMOWConfig(PretrainedConfig):
             _check_positive("embedding_size", embedding_size)
         _check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
         _check_choice("classifier", classifier, CLASSIFIERS)
+        _check_choice("weight_storage", weight_storage, WEIGHT_STORAGES)
         _check_positive("classifier_hidden_size", classifier_hidden_size)
         _check_probability("hidden_dropout_prob", hidden_dropout_prob)
         _check_probability("classifier_dropout", classifier_dropout)
@@ -163,6 +170,7 @@ class CMOWConfig(PretrainedConfig):
         self.classifier_hidden_size = classifier_hidden_size
         self.classifier_dropout = classifier_dropout
         self.cls_token_id = cls_token_id
+        self.weight_storage = weight_storage
         self.teacher = teacher
         self.distillation = distillation
         kwargs.setdefault("auto_map", dict(AUTO_MAP))

@@ -154,7 +154,7 @@ def _teacher_hub_id(teacher: str | None) -> str | None:
 
 
 def _weights_summary(folder: Path) -> tuple[int, int]:
-    """(parameters, bytes) of the safetensors weights in ``folder``."""
+    """(parameters, bytes) of the safetensors weights in ``folder``; int8 rows' scales are not parameters."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder} has no .safetensors weights: save the model with `save_pretrained` first.")
@@ -162,7 +162,7 @@ def _weights_summary(folder: Path) -> tuple[int, int]:
     for path in files:
         with safe_open(str(path), framework="pt") as weights:
             names = weights.keys()  # a safe_open handle is not iterable
-            for name in names:
+            for name in (name for name in names if not name.endswith(".weight_scale")):
                 numel = 1
                 for size in weights.get_slice(name).get_shape():
                     numel *= size
@@ -299,6 +299,7 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
         head=head,
         parameters=f"{parameters:,}",
         file_size=f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
+        storage=_storage(config),
         task_phrase=task_phrase,
         auto_class=auto_class,
         usage_call=usage_call,
@@ -312,6 +313,14 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
         versions=record.get("versions") or {},
         license=record.get("license"),
     )
+
+
+def _storage(config: CMOWConfig) -> str:
+    """How the weights are stored, in words for the card (``"float32"``, ``"float16"``, int8 rows...)."""
+    if config.weight_storage == "int8":
+        return "token tables and pooler as int8 rows with float32 scales, float32 once loaded"
+    dtype = getattr(config, "dtype", None) or "float32"
+    return str(dtype).removeprefix("torch.")
 
 
 def _run(args: argparse.Namespace) -> int:

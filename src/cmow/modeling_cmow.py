@@ -431,6 +431,18 @@ def _resize_rows(table: nn.Embedding, rows: int, new_row: torch.Tensor) -> None:
     table.num_embeddings = rows
 
 
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of each row: ``(q (rows, cols) int8, scale (rows, 1) float32)``.
+
+    ``q * scale`` restores ``weight`` with an error of at most ``scale / 2`` per entry, where ``scale`` is the row's
+    largest magnitude over 127 (1 for an all-zero row).
+    """
+    weight = weight.float()
+    scale = weight.abs().amax(dim=1, keepdim=True) / 127  # (rows, 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(weight / scale).clamp(-127, 127).to(torch.int8), scale
+
+
 class CMOWPreTrainedModel(SentenceEmbeddingMixin, PreTrainedModel):
     """Base of the CMOW models: weight initialisation, input checks, the standard transformers methods, and
     ``model.encode`` (from ``SentenceEmbeddingMixin``)."""
@@ -462,6 +474,68 @@ class CMOWPreTrainedModel(SentenceEmbeddingMixin, PreTrainedModel):
             init.copy_(module.weight, noise + eye)
         else:
             super()._init_weights(module)
+
+    def _stored_rows(self) -> list[tuple[str, nn.Module, torch.Tensor | float]]:
+        """What ``config.weight_storage`` applies to: ``(name, module, offset)`` for each token table and the pooler.
+
+        Rows are stored relative to ``offset``: the identity for token matrices (whose entries are near it, so int8
+        steps then resolve the part that was learnt), zero for the rest.
+        """
+        rows = []
+        for name, module in self.named_modules():
+            if isinstance(module, MatrixEmbedding):
+                eye = torch.eye(module.matrix_size, device=module.weight.device).flatten()
+                rows.append((name, module, eye))
+            elif isinstance(module, nn.Embedding) or (isinstance(module, nn.Linear) and name.endswith("pooler.dense")):
+                rows.append((name, module, 0.0))
+        return rows
+
+    def post_init(self):
+        super().post_init()
+        if self.config.weight_storage == "int8":  # the checkpoint holds a scale per row; from_pretrained applies it
+            for _, module, _ in self._stored_rows():
+                scale = torch.ones(module.weight.shape[0], 1, device=module.weight.device)
+                module.register_buffer("weight_scale", scale)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; int8 weights (``config.weight_storage``) come back as float32."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) on request
+        model._dequantize_stored_rows()
+        return loaded
+
+    @torch.no_grad()
+    def _dequantize_stored_rows(self) -> None:
+        """Turn int8 rows loaded into float weights (transformers casts them on load) and their scales into weights."""
+        if self.config.weight_storage != "int8":
+            return
+        for _, module, offset in self._stored_rows():
+            scale = module._buffers.pop("weight_scale", None)  # (rows, 1)
+            if scale is not None:
+                module.weight.copy_(module.weight.float() * scale.float() + offset)
+        self.config.weight_storage = "float"
+
+    def save_pretrained(self, save_directory, *args, weight_storage: str | None = None, state_dict=None, **kwargs):
+        """``PreTrainedModel.save_pretrained``, storing the weights as ``weight_storage`` (default: the config's).
+
+        ``weight_storage="int8"`` writes each token table and the pooler as int8 rows with float32 scales
+        (``quantize_rows``) and records it in the saved config; the model itself is unchanged.
+        """
+        storage = weight_storage or self.config.weight_storage
+        if storage not in ("float", "int8"):
+            raise ValueError(f"`weight_storage` must be 'float' or 'int8'; got {storage!r}.")
+        if storage == "int8":
+            state_dict = dict(self.state_dict() if state_dict is None else state_dict)
+            for name, _, offset in self._stored_rows():
+                if f"{name}.weight" in state_dict:
+                    weight = state_dict[f"{name}.weight"].detach()
+                    state_dict[f"{name}.weight"], state_dict[f"{name}.weight_scale"] = quantize_rows(weight - offset)
+        previous, self.config.weight_storage = self.config.weight_storage, storage
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        finally:
+            self.config.weight_storage = previous
 
     def _check_standard_arguments(self, inputs_embeds: torch.Tensor | None, output_attentions: bool | None) -> None:
         """Clear errors for the standard transformers arguments that have no meaning for CMOW."""
@@ -835,5 +909,6 @@ __all__ = [
     "ngram_bucket_ids",
     "normalize_product",
     "prefix_products",
+    "quantize_rows",
     "tree_product",
 ]

@@ -12,8 +12,9 @@ from ..data import default_teacher
 from ..hub_cards import public_name
 from ..modeling_cmow import CMOWForMaskedLM, CMOWModel, CMOWPreTrainedModel
 from .config import DistillationConfig
-from .corpus import corpus_fingerprint, load_corpus
+from .corpus import corpus_fingerprint, first_text, load_corpus, texts_of
 from .default_corpus import default_corpus
+from .student_tokenizer import train_student_tokenizer
 from .teacher import TeacherPooling, read_pooling
 from .trainer import distill_from_model
 
@@ -70,7 +71,8 @@ def distill(
             ``cmow.distill.default_corpus``).
         output_dir: Where the student and checkpoints go.
         student_config: ``CMOWConfig`` keyword arguments (e.g. ``{"encoder": "cmow", "matrix_size": 16}``);
-            ``vocab_size`` and the special token ids come from the teacher and its tokenizer.
+            ``vocab_size`` and the special token ids come from the student's tokenizer (the teacher's unless
+            ``config.student_vocab_size`` or ``config.student_tokenizer`` is set).
         config: Distillation settings; ``DistillationConfig()`` when ``None``.
         corpus_config_name: Configuration name of a Hub dataset corpus.
         data_dir: The shared data folder of the default corpus; defaults to ``$CMOW_DATA_DIR``.
@@ -93,6 +95,15 @@ def distill(
         corpus_name = ", ".join(public_name(source) for source in sources)
         contents = corpus_fingerprint(corpus, corpus_config_name)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
+    first_text(dataset, config.text_column)  # a missing text column fails here, before any work
+    student_tokenizer = tokenizer
+    if config.student_tokenizer is not None:
+        student_tokenizer = AutoTokenizer.from_pretrained(config.student_tokenizer)
+    elif config.student_vocab_size is not None:
+        texts = texts_of(dataset, config.text_column)
+        student_tokenizer = train_student_tokenizer(
+            tokenizer, texts, config.student_vocab_size, config.student_tokenizer_texts
+        )
     architectures = AutoConfig.from_pretrained(teacher).architectures or []
     has_mlm = any(name.endswith("ForMaskedLM") for name in architectures)
     if config.objective == "mlm" or (config.objective == "auto" and has_mlm):
@@ -102,12 +113,13 @@ def distill(
     for name in ("vocab_size", "pad_token_id", "sep_token_id", "cls_token_id", "embedding_size"):
         if name in (student_config or {}):
             raise ValueError(f"`{name}` of the student comes from the teacher and its tokenizer; do not set it.")
+    own_vocabulary = student_tokenizer is not tokenizer
     student_settings = {
         **(student_config or {}),
-        "vocab_size": teacher_model.config.vocab_size,
-        "pad_token_id": tokenizer.pad_token_id,
-        "sep_token_id": tokenizer.sep_token_id,
-        "cls_token_id": tokenizer.cls_token_id,
+        "vocab_size": len(student_tokenizer) if own_vocabulary else teacher_model.config.vocab_size,
+        "pad_token_id": student_tokenizer.pad_token_id,
+        "sep_token_id": student_tokenizer.sep_token_id,
+        "cls_token_id": student_tokenizer.cls_token_id,
         # The sentence embedding (the student's pooler) lives in the teacher's embedding space.
         "embedding_size": teacher_model.config.hidden_size if student_class is CMOWModel else None,
     }
@@ -128,4 +140,5 @@ def distill(
         resume=resume,
         overwrite_output_dir=overwrite_output_dir,
         push_to_hub=push_to_hub,
+        student_tokenizer=student_tokenizer if own_vocabulary else None,
     )

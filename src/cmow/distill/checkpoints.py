@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from accelerate import Accelerator
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..modeling_cmow import CMOWPreTrainedModel
 from .config import DistillationConfig
@@ -138,6 +138,7 @@ def run_settings(
     student: CMOWPreTrainedModel,
     corpus: str | None,
     processes: int,
+    student_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """What identifies a run, stored in each of its checkpoints as ``run.json``: a resumed run must match it."""
     teacher_config = teacher.config.to_dict()
@@ -146,7 +147,7 @@ def run_settings(
         teacher_config.pop(key, None)
         student_config.pop(key, None)
     teacher_json = json.dumps(teacher_config, sort_keys=True, default=str).encode()
-    return {
+    settings = {
         "teacher": teacher_name,
         "teacher_config": hashlib.blake2b(teacher_json, digest_size=8).hexdigest(),
         "corpus": corpus,
@@ -154,6 +155,10 @@ def run_settings(
         "distillation": config.to_dict(),
         "processes": processes,
     }
+    if student_tokenizer is not None:  # a student vocabulary trained again on resume must come out the same
+        vocabulary = json.dumps(student_tokenizer.get_vocab(), sort_keys=True).encode()
+        settings["student_vocabulary"] = hashlib.blake2b(vocabulary, digest_size=8).hexdigest()
+    return settings
 
 
 def _flatten(settings: dict, prefix: str = "") -> dict:

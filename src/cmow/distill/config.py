@@ -3,6 +3,9 @@
 import math
 from dataclasses import asdict, dataclass
 
+from ..hub_cards import public_name
+from .student_tokenizer import MIN_VOCAB_SIZE
+
 OBJECTIVES = ("auto", "mlm", "hidden")
 INITS = ("static", "random")
 WEIGHTINGS = ("sif", "zipf", "none")
@@ -50,6 +53,11 @@ class DistillationConfig:
     ``cmow.distill.initialization``): CBOW rows are the teacher's per-token outputs, PCA-rotated and SIF-weighted by
     the corpus's token frequencies, and the pooler maps them back, so step 0 already scores like model2vec.
 
+    By default the student uses the teacher's tokenizer. ``student_vocab_size`` trains a smaller vocabulary of the
+    same kind on the corpus (``cmow.distill.student_tokenizer``), or ``student_tokenizer`` names a ready one; each
+    model then tokenizes a text its own way, and the per-token term compares the teacher states aligned to the
+    student's tokens by character offsets.
+
     Training stops after ``max_steps`` optimizer steps or ``num_epochs`` passes over the corpus, whichever comes first.
 
     Args:
@@ -85,6 +93,10 @@ class DistillationConfig:
         alpha_order: Weight of the term that matches the direction of the change a swap makes (needs
             ``order_augmentation``).
         alpha_swap: Weight of the swap-detection term (needs ``order_augmentation``).
+        student_vocab_size: Train a student vocabulary of this many tokens on the corpus (a smaller model); ``None``
+            keeps the teacher's tokenizer.
+        student_tokenizer: Folder or Hub id of a ready tokenizer for the student, instead of the teacher's.
+        student_tokenizer_texts: Corpus texts the student vocabulary is trained on.
         init: ``"static"`` (teacher-derived CBOW table and pooler, see above) or ``"random"``.
         init_weighting: Token weights of the static initialisation: ``"sif"`` (corpus frequencies), ``"zipf"``
             (model2vec's estimate from the vocabulary order) or ``"none"``.
@@ -127,6 +139,9 @@ class DistillationConfig:
     order_augmentation: float = 0.0
     alpha_order: float = 0.0
     alpha_swap: float = 0.0
+    student_vocab_size: int | None = None
+    student_tokenizer: str | None = None
+    student_tokenizer_texts: int = 200_000
     init: str = "static"
     init_weighting: str = "sif"
     init_sif_coefficient: float = 1e-3
@@ -155,6 +170,16 @@ class DistillationConfig:
         for name in ("max_seq_length", "batch_size", "gradient_accumulation_steps", "num_epochs", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1; got {getattr(self, name)!r}.")
+        if self.student_vocab_size is not None and self.student_tokenizer is not None:
+            raise ValueError("Pass either `student_vocab_size` (train a vocabulary) or `student_tokenizer`, not both.")
+        own_vocabulary = self.student_vocab_size is not None or self.student_tokenizer is not None
+        if own_vocabulary and self.objective == "mlm":
+            raise ValueError(
+                "The 'mlm' objective compares the teacher's and the student's predictions over one vocabulary: a "
+                "student vocabulary needs objective 'hidden' (or 'auto' with a teacher without an MLM head)."
+            )
+        if self.student_vocab_size is not None and self.student_vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(f"`student_vocab_size` must be >= {MIN_VOCAB_SIZE}; got {self.student_vocab_size!r}.")
         for name in ("max_steps", "stop_at_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {getattr(self, name)!r}.")
@@ -172,6 +197,7 @@ class DistillationConfig:
             "contrastive_temperature",
             "init_sif_coefficient",
             "init_count_texts",
+            "student_tokenizer_texts",
         )
         for name in positive:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
@@ -194,4 +220,6 @@ class DistillationConfig:
         """The settings, without machine-specific paths, for ``config.distillation``."""
         settings = asdict(self)
         settings.pop("cache_dir")
+        if self.student_tokenizer is not None:
+            settings["student_tokenizer"] = public_name(self.student_tokenizer)
         return settings

@@ -7,7 +7,9 @@ counts, Zipf's law over the vocabulary order). These vectors become the CBOW tab
 to the inverse rotation, so before any training the student's sentence embedding is the static model's: the centred,
 weighted mean of its tokens' teacher vectors. The token matrices keep their identity-plus-noise initialisation (the
 empty product), and the pooler's matrix columns start at zero, so the matrix part adds to the static model rather
-than blurring it.
+than blurring it. A student with its own vocabulary (``cmow.distill.student_tokenizer``) is initialised the same way:
+each of its tokens is run as the teacher's token of the same name, or else as its text, split by the teacher's
+tokenizer.
 """
 
 import itertools
@@ -37,12 +39,43 @@ def _single_token_template(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int
     raise ValueError("Could not find where the tokenizer puts a text between its special tokens.")
 
 
+def _teacher_inputs(
+    tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None, count: int
+) -> list[list[int]]:
+    """The teacher's input ids for each of the first ``count`` token ids of ``tokenizer``, with its special tokens.
+
+    With the teacher's own tokenizer (``teacher_tokenizer`` ``None``) token ``t`` is the one-token text ``[CLS] t
+    [SEP]``. A student token that is also in the teacher's vocabulary is run the same way; any other is run as its text
+    (``##ing`` as ``ing``), which the teacher's tokenizer may split into several tokens.
+    """
+    template, position = _single_token_template(teacher_tokenizer or tokenizer)
+    if teacher_tokenizer is None:
+        return [template[:position] + [index] + template[position + 1 :] for index in range(count)]
+    teacher_vocab = teacher_tokenizer.get_vocab()
+    model = tokenizer.backend_tokenizer.model if tokenizer.is_fast else None
+    prefix = getattr(model, "continuing_subword_prefix", None)  # WordPiece's "##"
+    inputs = []
+    for token in tokenizer.convert_ids_to_tokens(list(range(count))):
+        if token in teacher_vocab:
+            inputs.append(template[:position] + [teacher_vocab[token]] + template[position + 1 :])
+            continue
+        text = tokenizer.convert_tokens_to_string([token])
+        text = text[len(prefix) :] if prefix and text.startswith(prefix) else text
+        inputs.append(teacher_tokenizer(text, truncation=True, max_length=32)["input_ids"])
+    return inputs
+
+
 @torch.no_grad()
 def teacher_token_vectors(
-    teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocab_size: int, batch_size: int = 1024
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    vocab_size: int,
+    batch_size: int = 1024,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> torch.Tensor:
-    """``(vocab_size, hidden)``: each token id run through the teacher alone (with its special tokens), mean-pooled.
+    """``(vocab_size, hidden)``: each token run through the teacher alone (with its special tokens), mean-pooled.
 
+    ``tokenizer`` is the student's; ``teacher_tokenizer`` the teacher's when it differs (see ``_teacher_inputs``).
     An MLM teacher is run without its head (its ``base_model``); rows past the tokenizer's vocabulary are zero.
     """
     encoder = teacher.base_model if hasattr(teacher, "base_model") else teacher
@@ -50,17 +83,23 @@ def teacher_token_vectors(
     encoder.eval()
     device = next(encoder.parameters()).device
     count = min(vocab_size, len(tokenizer))
-    template, position = _single_token_template(tokenizer)
+    inputs = _teacher_inputs(tokenizer, teacher_tokenizer, count)
+    pad = (teacher_tokenizer or tokenizer).pad_token_id or 0
     vectors = torch.zeros(vocab_size, teacher.config.hidden_size)
+    order = sorted(range(count), key=lambda index: len(inputs[index]))  # similar lengths share a batch
     for start in range(0, count, batch_size):
-        ids = torch.arange(start, min(count, start + batch_size))
-        input_ids = torch.tensor(template).repeat(len(ids), 1)  # (batch, special + 1)
-        input_ids[:, position] = ids
-        input_ids = input_ids.to(device)
-        outputs = encoder(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True)
+        ids = order[start : start + batch_size]
+        width = max(len(inputs[index]) for index in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for row, index in enumerate(ids):
+            input_ids[row, : len(inputs[index])] = torch.tensor(inputs[index])
+            mask[row, : len(inputs[index])] = 1
+        outputs = encoder(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         states = getattr(outputs, "last_hidden_state", None)
-        states = states if states is not None else outputs.hidden_states[-1]  # (batch, special + 1, hidden)
-        vectors[ids] = states.float().mean(dim=1).cpu()
+        states = states if states is not None else outputs.hidden_states[-1]  # (batch, width, hidden)
+        mask = mask.to(device)[..., None].float()
+        vectors[ids] = ((states.float() * mask).sum(dim=1) / mask.sum(dim=1)).cpu()
     encoder.train(was_training)
     return vectors
 
@@ -146,14 +185,16 @@ def static_embeddings(
     weighting: str = "sif",
     counts: np.ndarray | None = None,
     sif_coefficient: float = 1e-3,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A static embedding model of the teacher: ``(table (vocab_size, k), axes (k, hidden))``.
 
     Row ``t`` is the teacher vector of ``t`` (``teacher_token_vectors``), centred and rotated onto the top
     ``k = min(components, hidden, included tokens)`` principal axes of the included tokens, times its weight
-    (``token_weights``); special and reserved tokens (``excluded_tokens``) get zero rows.
+    (``token_weights``); special and reserved tokens (``excluded_tokens``) get zero rows. ``tokenizer`` is the
+    student's; pass the teacher's as ``teacher_tokenizer`` when it differs.
     """
-    vectors = teacher_token_vectors(teacher, tokenizer, vocab_size)
+    vectors = teacher_token_vectors(teacher, tokenizer, vocab_size, teacher_tokenizer=teacher_tokenizer)
     included = ~excluded_tokens(tokenizer, vocab_size)
     components = min(components, vectors.shape[1], int(included.sum()))
     projected, axes, _ = pca(vectors[included], components)
@@ -172,6 +213,7 @@ def init_from_teacher(
     weighting: str = "sif",
     counts: np.ndarray | None = None,
     sif_coefficient: float = 1e-3,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Fill the student's CBOW table (and its pooler) so that its sentence embedding is the teacher's static model.
 
@@ -183,7 +225,8 @@ def init_from_teacher(
     Args:
         student: A CMOW model with a CBOW part (``encoder`` "cbow" or "hybrid").
         teacher: The teacher (an encoder, a sentence-transformer or an MLM model).
-        tokenizer: The teacher's tokenizer, shared by the student.
+        tokenizer: The student's tokenizer (by default the teacher's).
+        teacher_tokenizer: The teacher's tokenizer when the student has its own vocabulary.
         weighting: ``"sif"`` (needs ``counts``), ``"zipf"`` or ``"none"``; see ``token_weights``.
         counts: Token counts of the distillation corpus (``token_counts``).
         sif_coefficient: ``a`` of the SIF weights.
@@ -205,6 +248,7 @@ def init_from_teacher(
         weighting=weighting,
         counts=counts,
         sif_coefficient=sif_coefficient,
+        teacher_tokenizer=teacher_tokenizer,
     )
     components = table.shape[1]
     cbow = base.encoder.cbow_embeddings.weight
@@ -235,12 +279,22 @@ def initialize_student(
     weighting: str = "sif",
     sif_coefficient: float = 1e-3,
     count_texts: int = 200_000,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
-    """``init_from_teacher`` with SIF weights from the token counts of the first ``count_texts`` of ``texts``."""
+    """``init_from_teacher`` with SIF weights from the token counts of the first ``count_texts`` of ``texts``.
+
+    ``tokenizer`` is the student's; ``teacher_tokenizer`` the teacher's when the student has its own vocabulary.
+    """
     counts = None
     if weighting == "sif":
         counts = token_counts(tokenizer, itertools.islice(texts, count_texts), student.config.vocab_size)
         logger.info("Counted %d corpus tokens for the SIF weights", int(counts.sum()))
     return init_from_teacher(
-        student, teacher, tokenizer, weighting=weighting, counts=counts, sif_coefficient=sif_coefficient
+        student,
+        teacher,
+        tokenizer,
+        weighting=weighting,
+        counts=counts,
+        sif_coefficient=sif_coefficient,
+        teacher_tokenizer=teacher_tokenizer,
     )

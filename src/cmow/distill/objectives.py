@@ -110,7 +110,8 @@ class DistillationModule(nn.Module):
             token_distance = hidden_distance(
                 self.token_projection(outputs.last_hidden_state), targets["token_states"], config.hidden_loss
             )  # (batch, seq)
-            weights = mask.to(token_distance.dtype)
+            # The positions with a teacher state: all real tokens, or those aligned across tokenizers.
+            weights = targets.get("token_mask", mask).to(token_distance.dtype)
             terms["token"] = (token_distance * weights).sum() / weights.sum().clamp_min(1)
         if config.alpha_sentence:
             terms["sentence"] = hidden_distance(embedding, teacher_embedding, config.hidden_loss).mean()

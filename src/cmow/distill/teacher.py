@@ -84,9 +84,13 @@ def resolve_objective(objective: str, teacher: PreTrainedModel) -> str:
 
 
 def check_compatibility(
-    teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, student: CMOWPreTrainedModel, objective: str
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    student: CMOWPreTrainedModel,
+    objective: str,
+    student_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> None:
-    """Raise a ``ValueError`` saying what to change when teacher, tokenizer and student do not fit together."""
+    """Raise a ``ValueError`` saying what to change when teacher, tokenizers and student do not fit together."""
     teacher_vocab = teacher.config.vocab_size
     if len(tokenizer) > teacher_vocab:
         raise ValueError(
@@ -94,17 +98,29 @@ def check_compatibility(
             "use the teacher's own tokenizer."
         )
     student_vocab = student.config.vocab_size
-    if student_vocab != teacher_vocab:
+    if student_tokenizer is None and student_vocab != teacher_vocab:
         raise ValueError(
             f"The student's vocab_size ({student_vocab}) differs from the teacher's ({teacher_vocab}): "
             f"build the student with CMOWConfig(vocab_size={teacher_vocab}, ...)."
         )
-    if tokenizer.pad_token_id is None:
-        raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token before distilling.")
-    if student.config.pad_token_id != tokenizer.pad_token_id:
+    if student_tokenizer is not None and student_vocab < len(student_tokenizer):
         raise ValueError(
-            f"The student's pad_token_id ({student.config.pad_token_id}) differs from the tokenizer's "
-            f"({tokenizer.pad_token_id}): set CMOWConfig(pad_token_id={tokenizer.pad_token_id})."
+            f"The student's tokenizer has {len(student_tokenizer)} tokens but its vocab_size is {student_vocab}: "
+            f"build the student with CMOWConfig(vocab_size={len(student_tokenizer)}, ...)."
+        )
+    if student_tokenizer is not None and objective == "mlm":
+        raise ValueError(
+            "The 'mlm' objective compares predictions over one vocabulary: a student with its own tokenizer needs "
+            "objective 'hidden' (load the teacher with AutoModel)."
+        )
+    for name, each in (("tokenizer", tokenizer), ("student's tokenizer", student_tokenizer)):
+        if each is not None and each.pad_token_id is None:
+            raise ValueError(f"The {name} has no pad token; set its pad_token before distilling.")
+    own = student_tokenizer or tokenizer
+    if student.config.pad_token_id != own.pad_token_id:
+        raise ValueError(
+            f"The student's pad_token_id ({student.config.pad_token_id}) differs from its tokenizer's "
+            f"({own.pad_token_id}): set CMOWConfig(pad_token_id={own.pad_token_id})."
         )
     if objective == "mlm":
         if tokenizer.mask_token_id is None:

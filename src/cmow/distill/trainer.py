@@ -26,6 +26,7 @@ from .initialization import initialize_student
 from .launch import warn_if_fewer_processes
 from .objectives import DistillationModule
 from .output import save_student
+from .student_tokenizer import aligned_targets
 from .teacher import TeacherPooling, check_compatibility, check_sequence_length, resolve_objective, teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,21 @@ def _tracker(report_to: str) -> str | None:
     return "tensorboard"
 
 
-def _collate(texts: list[str], tokenizer, collator, config: DistillationConfig) -> dict:
-    """Tokenize a batch; the MLM collator pads and masks (80/10/10), otherwise the tokenizer pads."""
+def _collate(texts: list[str], tokenizer, collator, config: DistillationConfig, offsets: bool = False) -> dict:
+    """Tokenize a batch; the MLM collator pads and masks (80/10/10), otherwise the tokenizer pads.
+
+    ``offsets`` adds the tokens' character ``offset_mapping`` (to align two tokenizations).
+    """
     if collator is None:
         return dict(
-            tokenizer(texts, truncation=True, max_length=config.max_seq_length, padding=True, return_tensors="pt")
+            tokenizer(
+                texts,
+                truncation=True,
+                max_length=config.max_seq_length,
+                padding=True,
+                return_tensors="pt",
+                return_offsets_mapping=offsets,
+            )
         )
     encoded = tokenizer(texts, truncation=True, max_length=config.max_seq_length, return_special_tokens_mask=True)
     features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
@@ -114,15 +125,16 @@ def distill_from_model(
     resume: bool = False,
     overwrite_output_dir: bool = False,
     push_to_hub: str | None = None,
+    student_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> CMOWPreTrainedModel:
     """Distil ``teacher`` into ``student`` on ``dataset`` and save the student to ``output_dir``.
 
     Args:
         teacher: A transformers model; a ``*ForMaskedLM`` model gets the MLM objective, any other the hidden-state
             objective (see ``DistillationConfig``). It is frozen, kept in eval mode and never wrapped for DDP.
-        tokenizer: The teacher's tokenizer; the student uses it too.
+        tokenizer: The teacher's tokenizer; the student uses it too unless ``student_tokenizer`` is given.
         student: ``CMOWForMaskedLM`` for the MLM objective, ``CMOWModel`` for the hidden-state one, with the
-            teacher's ``vocab_size`` and the tokenizer's ``pad_token_id``.
+            ``vocab_size`` and ``pad_token_id`` of its tokenizer.
         dataset: A ``datasets`` ``Dataset`` or ``IterableDataset`` with a ``config.text_column`` column.
         output_dir: Where the student, its tokenizer, its card and the checkpoints go.
         config: The settings; defaults to ``DistillationConfig()``.
@@ -138,6 +150,8 @@ def distill_from_model(
         overwrite_output_dir: Start afresh in an ``output_dir`` that holds an earlier run (its checkpoints are
             deleted); without it such a folder is refused.
         push_to_hub: A Hub repository id to upload the saved student to.
+        student_tokenizer: The student's own tokenizer (e.g. ``train_student_tokenizer``), saved with it; each model
+            tokenizes every text its own way (hidden-state objective only).
 
     Returns:
         The trained student (unwrapped).
@@ -152,7 +166,9 @@ def distill_from_model(
     teacher_pooling = teacher_pooling or TeacherPooling()
     output_dir = Path(output_dir)
     objective = resolve_objective(config.objective, teacher)
-    check_compatibility(teacher, tokenizer, student, objective)
+    check_compatibility(teacher, tokenizer, student, objective, student_tokenizer)
+    if student_tokenizer is not None and config.alpha_token and not student_tokenizer.is_fast:
+        raise ValueError("The per-token term aligns tokenizations by character offsets: use a fast student tokenizer.")
     check_sequence_length(teacher, tokenizer, config.max_seq_length)
     first_text(dataset, config.text_column)
     if config.cache_dir and objective != "hidden":
@@ -171,17 +187,18 @@ def distill_from_model(
         output_dir, resume=resume, overwrite=overwrite_output_dir, main_process=accelerator.is_main_process
     )
     accelerator.wait_for_everyone()
-    run = run_settings(config, teacher, teacher_name, student, corpus_id, accelerator.num_processes)
+    run = run_settings(config, teacher, teacher_name, student, corpus_id, accelerator.num_processes, student_tokenizer)
     set_seed(config.seed)
     if config.init == "static" and not resume:
         initialize_student(
             student,
             teacher,
-            tokenizer,
+            student_tokenizer or tokenizer,
             texts_of(dataset, config.text_column),
             weighting=config.init_weighting,
             sif_coefficient=config.init_sif_coefficient,
             count_texts=config.init_count_texts,
+            teacher_tokenizer=tokenizer if student_tokenizer is not None else None,
         )
     module = DistillationModule(student, objective, config, getattr(teacher.config, "hidden_size", 0))
     # Sparse token-table gradients (see cmow.training) with LazyAdamW on request: one process only, as sparse
@@ -273,9 +290,15 @@ def distill_from_model(
             if index < progress.batches_in_epoch:  # consumed before the checkpoint we resumed from
                 continue
             texts, originals = add_word_order_copies(texts, config.order_augmentation, config.seed, index)
-            batch = {k: v.to(accelerator.device) for k, v in _collate(texts, tokenizer, collator, config).items()}
+            align = student_tokenizer is not None and bool(config.alpha_token)
+            batch = _collate(texts, tokenizer, collator, config, align)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            student_batch = batch  # the student's own tokenization when it has its own vocabulary
+            if student_tokenizer is not None:
+                student_batch = _collate(texts, student_tokenizer, None, config, align)
+                student_batch = {k: v.to(accelerator.device) for k, v in student_batch.items()}
             if originals:  # rows of the texts the word-swapped copies (the last rows) were made from
-                batch["copy_of"] = torch.tensor(originals, dtype=torch.long, device=accelerator.device)
+                student_batch["copy_of"] = torch.tensor(originals, dtype=torch.long, device=accelerator.device)
 
             # Teacher targets, from the cache when it has them.
             targets = cache.load(index, accelerator.device) if cache else None
@@ -284,6 +307,8 @@ def distill_from_model(
                 if cache:
                     cache.save(index, targets)
                     targets = {name: t.half().float() for name, t in targets.items()}  # what a cache read gives
+            if align:
+                targets = aligned_targets(targets, batch, student_batch)
 
             # Forward and backward; gradients are synchronised only on the last micro-batch of a step.
             micro += 1
@@ -291,7 +316,7 @@ def distill_from_model(
             sync = micro % accumulation == 0
             with contextlib.nullcontext() if sync else accelerator.no_sync(module):
                 with accelerator.autocast():
-                    terms = module(batch, targets)
+                    terms = module(student_batch, targets)
                 loss = terms["loss"].item()
                 if not _finite_everywhere(accelerator, loss):
                     raise _stop_diverged(f"The loss is not finite ({loss} here)", progress.step + 1, output_dir)
@@ -349,7 +374,7 @@ def distill_from_model(
     if progress.step != config.stop_at_step and accelerator.is_main_process:
         save_student(
             student,
-            tokenizer,
+            student_tokenizer or tokenizer,
             output_dir,
             teacher=teacher_name,
             objective=objective,
