@@ -51,5 +51,10 @@ def test_markdown_table_has_one_row_per_model():
         stsb_spearman=0.81234, sst2_accuracy=0.775, mrpc_accuracy=0.7, mrpc_f1=0.8, word_order_accuracy=0.61,
         sentences_per_second=12345.6,
     )  # fmt: skip
-    table = markdown_table([Embedder("student", None, 2_000_000, "note", results)])
-    assert table.splitlines()[2] == "| student (note) | 2.0M | 8 MB | 0.812 | 77.5 | 70.0 / 80.0 | 61.0 | 12,346 |"
+    table = markdown_table(
+        [Embedder("student", None, 2_000_000, "note", results), Embedder("small", None, 5, "", results, 5_432_100)]
+    )
+    assert (
+        table.splitlines()[2] == "| student (note) | 2.0M | 8 MB fp32 | 0.812 | 77.5 | 70.0 / 80.0 | 61.0 | 12,346 |"
+    )
+    assert table.splitlines()[3].startswith("| small | 0.0M | 5.4 MB on disk | 0.812 |")

@@ -10,13 +10,15 @@ import torch
 from torch.nn import functional as F
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     DataCollatorWithPadding,
     TrainingArguments,
 )
 
-from cmow import CMOWForSequenceClassification, cli
+from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, cli
+from cmow.distill.student_tokenizer import train_student_tokenizer
 from cmow.glue.data import TASKS, load_glue
 from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, DistillationTrainer, distillation_loss
 from cmow.glue.metrics import glue_score, majority_baseline, task_metrics
@@ -382,6 +384,18 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     assert (out / "MRPC" / "student-warm" / "metrics.json").is_file()
     warm = json.loads((out / "MRPC" / "student-warm" / "metrics.json").read_text())
     assert warm["model"] == "student-random (local folder)" and str(tmp_path) not in json.dumps(warm)
+    # A general student with a vocabulary of its own, stored as int8: the student reads its own tokens.
+    small = tmp_path / "small-vocab"
+    student_tokenizer = train_student_tokenizer(tokenizer, [f"the cat {i} sat on the mat" for i in range(300)], 110)
+    CMOWModel(CMOWConfig.from_tokenizer(student_tokenizer, matrix_size=4, cbow_size=7)).save_pretrained(
+        small, weight_storage="int8"
+    )
+    student_tokenizer.save_pretrained(small)
+    assert cli.main(["glue", "mrpc", "--student", str(small), "--student-name", "small", *common]) == 0
+    small_student = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "student-small")
+    assert small_student.config.vocab_size == 110 and small_student.config.weight_storage == "float"
+    saved_tokenizer = AutoTokenizer.from_pretrained(out / "MRPC" / "student-small")
+    assert saved_tokenizer.get_vocab() == student_tokenizer.get_vocab()
     # A different teacher never reads those logits.
     teacher = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "teacher")
     digest = weights_digest(teacher)

@@ -16,6 +16,8 @@ EPILOG = """examples:
   cmow distill --teacher bert-base-uncased --corpus wiki.txt.gz --max-steps 20000
   cmow distill --config run.json --learning-rate 5e-4             # flags override the JSON file
   cmow distill --config run.json --resume                         # continue from the last checkpoint
+  cmow distill --student-vocab-size 4000 --output-dir small       # a 4,000-token vocabulary: 8x fewer parameters
+  cmow quantize small small-int8                                   # then int8 weights: the folder is ~6 MB
 
 The JSON file holds any of the long option names with underscores, e.g.
   {"teacher": "bert-base-uncased", "corpus": ["a.txt", "b.txt.gz"], "max_steps": 20000, "matrix_size": 16}
@@ -49,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Distil a pretrained teacher into a CMOW student. A teacher with a masked-LM head is distilled with the "
         "paper's objective (MLM + KL at temperature T); any other teacher (e.g. a sentence-transformer) with "
         "sentence-embedding distillation, starting from a static embedding model of the teacher (per-token and other "
-        "terms optional: --alpha-token, --alpha-contrastive, ...). The student uses the teacher's tokenizer."
+        "terms optional: --alpha-token, --alpha-contrastive, ...). The student uses the teacher's tokenizer unless "
+        "--student-vocab-size trains a smaller one on the corpus (or --student-tokenizer names one)."
     )
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -61,6 +61,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(embedders))
     if args.json:
         with open(args.json, "w") as handle:
-            rows = [{"model": e.name, "parameters": e.parameters, **e.results} for e in embedders]
+            rows = [
+                {"model": e.name, "parameters": e.parameters, "disk_bytes": e.disk_bytes, **e.results}
+                for e in embedders
+            ]
             json.dump(rows, handle, indent=1)
     return 0

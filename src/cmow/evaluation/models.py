@@ -13,6 +13,7 @@ from ..distill.initialization import static_embeddings, token_counts
 from ..distill.teacher import TeacherPooling, read_pooling
 from ..encode import encode
 from ..modeling_cmow import CMOWModel
+from ..quantize import folder_size
 from .tasks import Embedder
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ def cmow_embedder(model, tokenizer, name: str, output: str = "sentence_embedding
 
 def folder_embedder(folder: str, output: str = "sentence_embedding") -> Embedder:
     model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    return cmow_embedder(model, tokenizer, folder, output)
+    embedder = cmow_embedder(model, tokenizer, folder, output)
+    embedder.disk_bytes = folder_size(folder) if Path(folder).is_dir() else None
+    return embedder
 
 
 def teacher_embedder(teacher: str, batch_size: int = 128, max_length: int = 256) -> Embedder:

@@ -42,13 +42,17 @@ WORD_ORDER_SENTENCES = 10_000
 
 @dataclass
 class Embedder:
-    """A frozen model as a function from texts to a ``(n, dim)`` float array, with its size."""
+    """A frozen model as a function from texts to a ``(n, dim)`` float array, with its size.
+
+    ``disk_bytes``: the size of everything needed to run it (weights, tokenizer, config, code) where known.
+    """
 
     name: str
     encode: Callable[[list[str]], np.ndarray]
     parameters: int
     note: str = ""
     results: dict = field(default_factory=dict)
+    disk_bytes: int | None = None
 
 
 def word_order_probe(folder: str | os.PathLike | None = None, count: int = WORD_ORDER_SENTENCES, seed: int = 0):
@@ -155,17 +159,19 @@ def evaluate(
 
 
 def markdown_table(embedders: list[Embedder]) -> str:
-    """One row per model: size, STS-B, SST-2, MRPC, word order, throughput."""
+    """One row per model: size (on disk where known, else of fp32 weights), STS-B, SST-2, MRPC, word order, speed."""
     lines = [
-        "| model | parameters | fp32 size | STS-B Spearman | SST-2 acc. | MRPC acc. / F1 | word order acc. "
-        "| sentences/s |",
+        "| model | parameters | size | STS-B Spearman | SST-2 acc. | MRPC acc. / F1 | word order acc. | sentences/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for embedder in embedders:
         r = embedder.results
         name = embedder.name + (f" ({embedder.note})" if embedder.note else "")
+        size = f"{4 * embedder.parameters / 1e6:.0f} MB fp32"
+        if embedder.disk_bytes is not None:
+            size = f"{embedder.disk_bytes / 1e6:.1f} MB on disk"
         lines.append(
-            f"| {name} | {embedder.parameters / 1e6:.1f}M | {4 * embedder.parameters / 1e6:.0f} MB | "
+            f"| {name} | {embedder.parameters / 1e6:.1f}M | {size} | "
             f"{r['stsb_spearman']:.3f} | {100 * r['sst2_accuracy']:.1f} | "
             f"{100 * r['mrpc_accuracy']:.1f} / {100 * r['mrpc_f1']:.1f} | {100 * r['word_order_accuracy']:.1f} | "
             f"{r['sentences_per_second']:,.0f} |"

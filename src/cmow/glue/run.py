@@ -338,6 +338,13 @@ def teacher_transfer_set(
     return transfer, logits, info
 
 
+def student_tokenizer_of(cfg: GlueRunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with ``cfg.student`` (a general student may have its own vocabulary), else the teacher's."""
+    if cfg.student and (Path(cfg.student) / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cfg.student)
+    return tokenizer
+
+
 def distill_student(
     cfg: GlueRunConfig,
     task: GlueTask,
@@ -356,16 +363,18 @@ def distill_student(
     """
     teacher_dir = folder.parent / "teacher"
     logits = teacher_train_logits(cfg, data["train"], teacher, tokenizer, teacher_dir)
-    train = tokenize(data["train"], tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
+    # The teacher reads its tokens, the student its own: a general student may have a vocabulary of its own.
+    student_tokenizer = student_tokenizer_of(cfg, tokenizer)
+    train = tokenize(data["train"], student_tokenizer).add_column(TEACHER_LOGITS, logits.tolist())
     gold_examples, transfer_info = len(train), None
     if cfg.augment_copies > 0 or cfg.transfer_texts:
         transfer, transfer_teacher_logits, transfer_info = teacher_transfer_set(
             cfg, data, teacher, tokenizer, teacher_dir, list(exclude)
         )
-        train = join_transfer_set(train, tokenize(transfer, tokenizer), transfer_teacher_logits)
-    dev = tokenize(data["validation"], tokenizer)
+        train = join_transfer_set(train, tokenize(transfer, student_tokenizer), transfer_teacher_logits)
+    dev = tokenize(data["validation"], student_tokenizer)
     selection_set = _selection_data(cfg, data)
-    student = build_student(cfg, task, tokenizer)
+    student = build_student(cfg, task, student_tokenizer)
     student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
         "task": task.name,
@@ -395,9 +404,9 @@ def distill_student(
         model=student,
         args=args,
         train_dataset=train,
-        eval_dataset=None if selection_set is None else tokenize(selection_set, tokenizer),
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        eval_dataset=None if selection_set is None else tokenize(selection_set, student_tokenizer),
+        processing_class=student_tokenizer,
+        data_collator=DataCollatorWithPadding(student_tokenizer),
         compute_metrics=compute_metrics_fn(task),
         alpha=cfg.alpha,
         temperature=cfg.temperature,
@@ -414,7 +423,7 @@ def distill_student(
         "train_seconds": train_seconds,
         "train_examples": len(train),
         "gold_examples": gold_examples,
-        **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
+        **_evaluate(trainer.model, student_tokenizer, task, dev, cfg.eval_batch_size),
         **_num_parameters(trainer.model),
         "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
         "transfer": transfer_info,
@@ -422,7 +431,7 @@ def distill_student(
         "settings": student.config.distillation,
         "command": command,
     }
-    _save(trainer.model, tokenizer, folder, record)
+    _save(trainer.model, student_tokenizer, folder, record)
     _write_card(folder, task, record, teacher_record)
     return trainer.model
 
