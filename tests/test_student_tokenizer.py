@@ -170,3 +170,24 @@ def test_cli_trains_a_student_vocabulary_on_the_corpus(tiny_tokenizer, tmp_path)
     assert saved["vocab_size"] == len(student_tokenizer) and saved["distillation"]["student_vocab_size"] == 100
     assert student_tokenizer.get_vocab() != tiny_tokenizer.get_vocab()
     assert "a student vocabulary trained on the distillation corpus" in (output / "README.md").read_text()
+
+
+def test_cli_takes_a_ready_student_tokenizer_and_records_it_without_its_path(
+    tiny_tokenizer, student_tokenizer, tmp_path
+):
+    teacher = save_teacher_folder(tiny_tokenizer, tmp_path / "teacher", BertModel)
+    student_tokenizer.save_pretrained(tmp_path / "my-tokenizer")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(corpus_texts(30)) + "\n")
+    output = tmp_path / "student"
+    code = main([
+        "distill", "--teacher", str(teacher), "--corpus", str(corpus), "--output-dir", str(output),
+        "--student-tokenizer", str(tmp_path / "my-tokenizer"), "--matrix-size", "3", "--cbow-size", "5",
+        "--batch-size", "3", "--max-seq-length", "7", "--max-steps", "2", "--report-to", "none",
+    ])  # fmt: skip
+    assert code == 0
+    saved = json.loads((output / "config.json").read_text())
+    assert saved["vocab_size"] == len(STUDENT_VOCAB)
+    assert saved["distillation"]["student_tokenizer"] == "my-tokenizer (local folder)"
+    assert AutoTokenizer.from_pretrained(output).get_vocab() == student_tokenizer.get_vocab()
+    assert str(tmp_path) not in (output / "README.md").read_text() + (output / "config.json").read_text()

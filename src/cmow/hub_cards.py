@@ -66,7 +66,9 @@ def library_versions() -> dict[str, str]:
 def non_default_args(args: Any) -> dict[str, Any]:
     """The hyperparameters of a dataclass (a distiller config, ``TrainingArguments``) that differ from its defaults.
 
-    A plain mapping is taken as already filtered. Values that are not JSON types are written as strings.
+    A plain mapping is taken as already filtered. Values that are not JSON types are written as strings; a string
+    that names a local file or folder (e.g. a tokenizer path) by its name only (``public_name``), as the card is
+    published.
     """
     if args is None:
         return {}
@@ -85,7 +87,11 @@ def non_default_args(args: Any) -> dict[str, Any]:
     else:
         raise TypeError(f"training_args must be a dict or a dataclass instance; got {type(args).__name__}.")
     return {
-        name: value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+        name: public_name(value)
+        if isinstance(value, str)
+        else value
+        if isinstance(value, (bool, int, float, type(None)))
+        else str(value)
         for name, value in chosen.items()
     }
 
