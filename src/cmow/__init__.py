@@ -1,7 +1,7 @@
 """cmow: distil pretrained language models into tiny, fast matrix-embedding (CMOW) models.
 
-Importing the package registers the CMOW config and models with the transformers Auto classes, and loads the compiled
-kernel ``cmow._kernel`` when it was built (``CMOW_NO_EXTENSION=1`` leaves it out; see setup.py).
+Importing the package registers the CMOW and MoEBERT configs and models with the transformers Auto classes, and loads
+the compiled kernel ``cmow._kernel`` when it was built (``CMOW_NO_EXTENSION=1`` leaves it out; see setup.py).
 """
 
 import importlib
@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from .configuration_cmow import CMOWConfig
+from .configuration_moebert import MoEBertConfig
 from .encode import encode
 from .modeling_cmow import (
     CMOWForMaskedLM,
@@ -23,6 +24,8 @@ from .modeling_cmow import (
     CMOWModel,
     CMOWPreTrainedModel,
 )
+from .modeling_moebert import MoEBertForSequenceClassification, MoEBertModel, MoEBertPreTrainedModel
+from .moe import ffn_importance, moe_from_dense
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,9 @@ AutoConfig.register(CMOWConfig.model_type, CMOWConfig, exist_ok=True)
 AutoModel.register(CMOWConfig, CMOWModel, exist_ok=True)
 AutoModelForSequenceClassification.register(CMOWConfig, CMOWForSequenceClassification, exist_ok=True)
 AutoModelForMaskedLM.register(CMOWConfig, CMOWForMaskedLM, exist_ok=True)
+AutoConfig.register(MoEBertConfig.model_type, MoEBertConfig, exist_ok=True)
+AutoModel.register(MoEBertConfig, MoEBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(MoEBertConfig, MoEBertForSequenceClassification, exist_ok=True)
 
 __all__ = [
     "CMOWConfig",
@@ -50,5 +56,11 @@ __all__ = [
     "CMOWForSequenceClassification",
     "CMOWModel",
     "CMOWPreTrainedModel",
+    "MoEBertConfig",
+    "MoEBertForSequenceClassification",
+    "MoEBertModel",
+    "MoEBertPreTrainedModel",
     "encode",
+    "ffn_importance",
+    "moe_from_dense",
 ]
