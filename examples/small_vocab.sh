@@ -3,8 +3,8 @@
 # SIZE[:CBOW:MATRIX] (a vocabulary of SIZE tokens, 30522 = the teacher's own tokenizer, the others trained on the
 # default corpus by --student-vocab-size; optionally a narrower student, --cbow-size CBOW --matrix-size MATRIX instead
 # of the default 400 and 20), every one distilled with the same corpus, steps and settings; each saved as float32,
-# then copied with float16 and int8 weights (cmow quantize); then one cmow evaluate run over all of them (STS-B,
-# SST-2, MRPC, word order, size on disk, sentences/s) and, with GLUE=1, one GLUE task (STS-B) per student (its int8
+# then copied with float16 and int8 weights (cmow quantize); then one cmow evaluate run over all of them and the
+# static model of the teacher (STS-B, SST-2, MRPC, word order, size on disk, sentences/s) and, with GLUE=1, one GLUE task (STS-B) per student (its int8
 # copy) via cmow glue --student.
 #
 # Steps of 64 texts; the teacher's targets go to CACHE and are shared by every row (they depend on the teacher's
@@ -36,7 +36,8 @@ for row in $ROWS; do
   done
   models+=("$folder" "$folder-float16" "$folder-int8")
 done
-.venv/bin/cmow evaluate "${models[@]}" --json "$OUT/evaluation-$STEPS.json" | tee "$OUT/evaluation-$STEPS.md"
+# static: the model2vec recipe rebuilt from the same teacher (its full vocabulary), the simple baseline to beat
+.venv/bin/cmow evaluate "${models[@]}" static --json "$OUT/evaluation-$STEPS.json" | tee "$OUT/evaluation-$STEPS.md"
 
 if [[ ${GLUE:-0} == 1 ]]; then  # the STS-B teacher of runs/glue6 is reused when it is there
   for folder in "${folders[@]}"; do

@@ -114,7 +114,12 @@ def test_cli_copies_a_checkpoint_with_smaller_weights_that_embed_alike(
     cosines = torch.cosine_similarity(small.encode(texts).float(), model.encode(texts, tokenizer=tiny_tokenizer))
     assert cosines.min() > 0.999, cosines
     assert folder_size(tmp_path / storage) < folder_size(source)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["full", storage])  # no staging folder left
     with pytest.raises(FileExistsError, match="already holds a model"):
         quantize_folder(source, tmp_path / storage, storage)
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        quantize_folder(source, tmp_path / "occupied", storage)
     with pytest.raises(ValueError, match="another folder"):
         quantize_folder(source, source, storage)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import modeling_cmow
@@ -41,20 +42,34 @@ def quantize_folder(source: str | os.PathLike, destination: str | os.PathLike, s
         raise ValueError("Write the quantised copy to another folder: the source keeps the full-precision weights.")
     if (destination / "config.json").exists():
         raise FileExistsError(f"{destination} already holds a model: choose another folder or delete it.")
+    if destination.is_dir() and any(destination.iterdir()):
+        raise FileExistsError(f"{destination} is not empty: choose another folder or delete it.")
     config = CMOWConfig.from_pretrained(source)
     model_class = getattr(modeling_cmow, (config.architectures or ["CMOWModel"])[0])
     model = model_class.from_pretrained(source)
-    destination.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():  # tokenizer, remote code, sentence-transformers files, training record
-        if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json", "README.md"):
-            shutil.copy2(path, destination / path.name)
-    if storage == "float16":
-        model.half().save_pretrained(destination)
-    else:
-        model.save_pretrained(destination, weight_storage="int8")
-    record_file = destination / RECORD_FILE
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    write_model_card(destination, **record)
+    # Written next to the destination and renamed when complete: an interrupted run leaves no half-written model.
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        for path in source.iterdir():  # tokenizer, remote code, sentence-transformers files, training record
+            if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json", "README.md"):
+                shutil.copy2(path, staging / path.name)
+        if storage == "float16":
+            model.half().save_pretrained(staging)
+        else:
+            model.save_pretrained(staging, weight_storage="int8")
+        record_file = staging / RECORD_FILE
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        write_model_card(
+            staging, model_name=destination.name, **{k: v for k, v in record.items() if k != "model_name"}
+        )
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if destination.is_dir():
+            destination.rmdir()  # empty, checked above
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info("Wrote %s with %s weights", destination, storage)
     return destination
 
