@@ -11,7 +11,6 @@ published, keeps the paths to rerun.
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,18 +29,18 @@ from transformers import (
 )
 
 from ..configuration_cmow import CMOWConfig
-from ..hub_cards import public_name, write_model_card
+from ..hub_cards import public_name
 from ..modeling_cmow import CMOWForSequenceClassification
 from .augment import AugmentConfig
-from .data import HUB_DATASET, GlueTask, get_task, load_glue, load_test_texts, tokenize
+from .data import GlueTask, get_task, load_glue, load_test_texts, tokenize
 from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
-from .metrics import compute_metrics_fn, majority_baseline, task_metrics
-from .selection import selection_record, split_held_out, training_args
+from .metrics import compute_metrics_fn, majority_baseline
+from .results import METRICS_FILE, evaluate, parameter_counts, save, write_card
+from .selection import selection_data, selection_record, split_held_out, training_args
 from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 OBJECTIVE = (
     "alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)); "
     "regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher); "
@@ -123,33 +122,6 @@ class GlueRunConfig:
     seed: int = 42
 
 
-def _num_parameters(model: PreTrainedModel) -> dict[str, int]:
-    return {"parameters": model.num_parameters(), "encoder_parameters": model.base_model.num_parameters()}
-
-
-def _evaluate(model, tokenizer, task: GlueTask, data: datasets.Dataset, batch_size: int) -> dict:
-    """Final scores and inference throughput (examples/s) on a tokenized dev set."""
-    start = time.perf_counter()
-    logits = predict_logits(model, tokenizer, data, batch_size)
-    seconds = time.perf_counter() - start
-    return {
-        "metrics": task_metrics(task, logits, data["label"]),
-        "throughput_examples_per_s": len(data) / seconds,
-        "throughput_threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-    }
-
-
-def _save(model, tokenizer, folder: Path, record: dict) -> None:
-    if not PartialState().is_main_process:
-        return
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    logger.info("Saved %s: %s", folder, record["metrics"])
-
-
 def _texts(data: datasets.Dataset) -> list[str]:
     """Every text of ``data``: ``text_a``, then ``text_b`` if any."""
     return [text for column in ("text_a", "text_b") if column in data.column_names for text in data[column]]
@@ -157,11 +129,6 @@ def _texts(data: datasets.Dataset) -> list[str]:
 
 def _slice(data: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return data if limit is None else data.select(range(min(limit, len(data))))
-
-
-def _selection_data(cfg: GlueRunConfig, data: datasets.DatasetDict) -> datasets.Dataset | None:
-    """The set epochs are selected on: the held-out slice, dev, or none (``last``)."""
-    return {"held-out": data.get("held_out"), "dev": data["validation"], "last": None}[cfg.selection]
 
 
 def finetune_teacher(
@@ -177,7 +144,7 @@ def finetune_teacher(
     )
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
-    selection_set = _selection_data(cfg, data)
+    selection_set = selection_data(cfg.selection, data)
     settings = {
         "epochs": cfg.teacher_epochs,
         "lr": cfg.teacher_lr,
@@ -217,13 +184,13 @@ def finetune_teacher(
         "model": public_name(base),
         "train_seconds": train_seconds,
         "train_examples": len(train),
-        **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
-        **_num_parameters(trainer.model),
+        **evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
+        **parameter_counts(trainer.model),
         "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
         "settings": settings,
         "command": command,
     }
-    _save(trainer.model, tokenizer, folder, record)
+    save(trainer.model, tokenizer, folder, record)
     return trainer.model, tokenizer
 
 
@@ -373,7 +340,7 @@ def distill_student(
         )
         train = join_transfer_set(train, tokenize(transfer, student_tokenizer), transfer_teacher_logits)
     dev = tokenize(data["validation"], student_tokenizer)
-    selection_set = _selection_data(cfg, data)
+    selection_set = selection_data(cfg.selection, data)
     student = build_student(cfg, task, student_tokenizer)
     student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
@@ -423,49 +390,17 @@ def distill_student(
         "train_seconds": train_seconds,
         "train_examples": len(train),
         "gold_examples": gold_examples,
-        **_evaluate(trainer.model, student_tokenizer, task, dev, cfg.eval_batch_size),
-        **_num_parameters(trainer.model),
+        **evaluate(trainer.model, student_tokenizer, task, dev, cfg.eval_batch_size),
+        **parameter_counts(trainer.model),
         "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
         "transfer": transfer_info,
         "student_config": cfg.student_config,
         "settings": student.config.distillation,
         "command": command,
     }
-    _save(trainer.model, student_tokenizer, folder, record)
-    _write_card(folder, task, record, teacher_record)
+    save(trainer.model, student_tokenizer, folder, record)
+    write_card(folder, task, record, teacher_record, OBJECTIVE)
     return trainer.model
-
-
-def _write_card(folder: Path, task: GlueTask, record: dict, teacher_record: dict) -> None:
-    """The student's model card, from what the run recorded (``cmow.hub_cards``)."""
-    eval_results = [
-        {
-            "task_type": "text-classification",
-            "dataset_type": HUB_DATASET,
-            "dataset_name": f"GLUE {task.name}",
-            "dataset_config": task.hub_name,
-            "dataset_split": "validation",
-            "metric_type": name,
-            "metric_value": value,
-        }
-        for name, value in record["metrics"].items()
-        if name != "score"
-    ]
-    speed = {
-        "student": record["throughput_examples_per_s"],
-        "teacher": teacher_record["throughput_examples_per_s"],
-        "unit": f"examples/s on the {task.name} dev set",
-        "hardware": f"CPU, {record['throughput_threads']} threads",
-        "batch_size": record["batch_size"],
-    }
-    write_model_card(
-        folder,
-        eval_results=eval_results,
-        datasets=[HUB_DATASET],
-        objective=OBJECTIVE,
-        training_args=record["settings"],
-        speed=speed,
-    )
 
 
 def _write_majority(task: GlueTask, data: datasets.DatasetDict, folder: Path, command: str | None) -> None:
@@ -500,8 +435,8 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
             record = json.loads((source / METRICS_FILE).read_text()) | {"copied_from": public_name(source)}
         dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
         record |= {"task": task.name, "role": "teacher"}
-        record |= _evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | _num_parameters(teacher)
-        _save(teacher, tokenizer, teacher_dir, record)
+        record |= evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | parameter_counts(teacher)
+        save(teacher, tokenizer, teacher_dir, record)
     return teacher, tokenizer
 
 
