@@ -1,4 +1,5 @@
-"""One GLUE task end to end: fine-tune a teacher, distil a CMOW student into it, evaluate, save.
+"""One GLUE task end to end: fine-tune a teacher, distil a CMOW student from it (or a MoEBERT student converted from
+it, ``cmow.glue.moe_student``), evaluate, save.
 
 Layout of ``output_dir/<TASK>/``: ``teacher/`` and ``student-<name>/``, each a ``save_pretrained`` folder (model,
 tokenizer) with ``metrics.json``, and ``majority/metrics.json`` (the majority-class baseline). A ``teacher/`` that
@@ -12,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -35,6 +38,7 @@ from .augment import AugmentConfig
 from .data import GlueTask, get_task, load_glue, load_test_texts, tokenize
 from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
 from .metrics import compute_metrics_fn, majority_baseline
+from .moe_student import distill_moe_student, moe_settings
 from .results import METRICS_FILE, evaluate, parameter_counts, save, write_card
 from .selection import selection_data, selection_record, split_held_out, training_args
 from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
@@ -47,6 +51,10 @@ OBJECTIVE = (
     "on transfer-set examples (teacher-labelled only) the gold term is masked out"
 )
 
+# Student epochs and learning rate by student type: CMOW trains from scratch or a general student, MoEBERT fine-tunes
+# a converted teacher (learning rate as MoEBERT's example script).
+STUDENT_DEFAULTS = {"cmow": {"epochs": 10.0, "lr": 2e-3}, "moe": {"epochs": 5.0, "lr": 5e-5}}
+
 
 @dataclass
 class GlueRunConfig:
@@ -58,8 +66,12 @@ class GlueRunConfig:
         glue_dir: Folder in the GLUE TSV layout; ``None`` loads ``nyu-mll/glue`` from the Hub.
         teacher: A teacher already fine-tuned on this task (skips fine-tuning).
         teacher_base: The model to fine-tune as teacher when ``teacher`` is not given.
+        student_type: ``"cmow"``: a CMOW student distilled from the teacher's precomputed logits. ``"moe"``: a
+            MoEBERT student converted from the teacher and trained by layer-wise distillation
+            (``cmow.glue.moe_student``); it takes no ``student``, ``student_config`` or transfer set.
         student: A CMOW checkpoint (e.g. from general distillation) to start the student from; random init if None.
-        student_name: Names the student's folder, ``student-<student_name>``.
+        student_name: Names the student's folder, ``student-<student_name>``; default ``random``, ``pretrained``
+            (with ``student``) or ``moe``.
         student_config: ``CMOWConfig`` overrides: for a random student, or added to a ``student`` checkpoint's config
             (e.g. ``{"ngram_orders": [2]}`` adds a zero-initialised n-gram table to a general-distilled student).
         teacher_only: Fine-tune (or reuse) the teacher and stop: for tuning the teacher's recipe.
@@ -67,6 +79,8 @@ class GlueRunConfig:
             fine-tuning recipe.
         teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
         teacher_max_length: Teacher inputs are truncated to this many tokens; the student reads whole texts.
+        student_epochs, student_lr, student_batch_size: The student's recipe; epochs and learning rate default to
+            ``STUDENT_DEFAULTS`` of the student type.
         alpha: Weight of the gold-label loss in the distillation loss (the rest goes to the teacher).
         temperature: Softmax temperature of the distillation loss.
         selection: Which epoch is kept, for teacher and student: ``"held-out"`` (best on a slice of train),
@@ -82,6 +96,12 @@ class GlueRunConfig:
         label_shard_size: Transfer examples per cached shard of teacher logits (the unit of resuming).
         max_train_samples: Train on the first this many examples (for quick runs); all if None.
         max_eval_samples: Evaluate on the first this many examples; all if None.
+        moe_experts, moe_expert_size, moe_shared_size, moe_routing: The MoEBERT student's experts per layer, neurons
+            per expert, neurons shared by all experts and routing (``MoEBertConfig``'s ``num_experts``,
+            ``expert_size``, ``shared_size``, ``routing``; sizes default to its defaults on the teacher's FFN).
+        moe_distill_weight: Weight of the hidden-state term of layer-wise distillation (MoEBERT's 5.0).
+        moe_importance_examples: Train examples the teacher's FFN neurons are scored on; all if 0.
+        moe_importance_batch_size: Examples per term of the importance score (1: MoEBERT's per-example scores).
     """
 
     task: str
@@ -89,6 +109,7 @@ class GlueRunConfig:
     glue_dir: str | None = None
     teacher: str | None = None
     teacher_base: str | None = None
+    student_type: str = "cmow"
     student: str | None = None
     student_name: str | None = None
     student_config: dict = field(default_factory=dict)
@@ -100,8 +121,8 @@ class GlueRunConfig:
     teacher_weight_decay: float = 0.0
     teacher_seed: int | None = None
     teacher_max_length: int = 128
-    student_epochs: float = 10.0
-    student_lr: float = 2e-3
+    student_epochs: float | None = None
+    student_lr: float | None = None
     student_batch_size: int = 32
     alpha: float = 0.5
     temperature: float = 1.0
@@ -120,6 +141,39 @@ class GlueRunConfig:
     max_eval_samples: int | None = None
     eval_batch_size: int = 64
     seed: int = 42
+    moe_experts: int = 4
+    moe_expert_size: int | None = None
+    moe_shared_size: int | None = None
+    moe_routing: str = "hash"
+    moe_distill_weight: float = 5.0
+    moe_importance_examples: int = 2048
+    moe_importance_batch_size: int = 1
+
+    def __post_init__(self):
+        if self.student_type not in STUDENT_DEFAULTS:
+            raise ValueError(
+                f"`student_type` must be one of {', '.join(map(repr, STUDENT_DEFAULTS))}; got {self.student_type!r}."
+            )
+        defaults = STUDENT_DEFAULTS[self.student_type]
+        self.student_epochs = defaults["epochs"] if self.student_epochs is None else self.student_epochs
+        self.student_lr = defaults["lr"] if self.student_lr is None else self.student_lr
+        # Flags of the other student type would be ignored silently: refuse them.
+        if self.student_type == "moe":
+            cmow_only = {
+                "--student": self.student,
+                "--student-config": self.student_config,
+                "--augment-copies": self.augment_copies,
+                "--transfer-texts": self.transfer_texts,
+            }
+            given = [flag for flag, value in cmow_only.items() if value]
+        else:
+            moe = [f for f in fields(self) if f.name.startswith("moe_")]
+            given = ["--" + f.name.replace("_", "-") for f in moe if getattr(self, f.name) != f.default]
+        if given:
+            raise ValueError(
+                f"--student-type {self.student_type} does not use {', '.join(given)}: drop them, or choose the "
+                "student type they belong to."
+            )
 
 
 def _texts(data: datasets.Dataset) -> list[str]:
@@ -417,6 +471,15 @@ def _write_majority(task: GlueTask, data: datasets.DatasetDict, folder: Path, co
     (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _teacher_config(cfg: GlueRunConfig, teacher_dir: Path) -> PretrainedConfig:
+    """The config of the teacher ``run_task`` will use (given, reused, or to fine-tune), read before any training."""
+    from ..data import default_teacher
+
+    if cfg.teacher or (teacher_dir / METRICS_FILE).is_file():
+        return AutoConfig.from_pretrained(cfg.teacher or teacher_dir)
+    return AutoConfig.from_pretrained(cfg.teacher_base or default_teacher())
+
+
 def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDict, teacher_dir: Path, command):
     """Load the fine-tuned teacher ``cfg.teacher`` or ``teacher_dir``; a new ``teacher_dir`` gets it and a record."""
     source = Path(cfg.teacher or teacher_dir)
@@ -453,7 +516,11 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
     task = get_task(cfg.task)
     task_dir = Path(cfg.output_dir) / task.name
     teacher_dir = task_dir / "teacher"
-    student_dir = task_dir / f"student-{cfg.student_name or ('pretrained' if cfg.student else 'random')}"
+    moe = cfg.student_type == "moe"
+    student_name = cfg.student_name or ("moe" if moe else "pretrained" if cfg.student else "random")
+    student_dir = task_dir / f"student-{student_name}"
+    if moe and not cfg.teacher_only:
+        moe_settings(cfg, _teacher_config(cfg, teacher_dir))  # bad MoE flags fail here, before any training
     raw = load_glue(task.name, cfg.glue_dir)
     train = _slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples)
     train, held_out = split_held_out(train, cfg.selection, cfg.held_out_fraction)
@@ -475,7 +542,10 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
         exclude = _texts(raw["validation"]) + (_texts(held_out) if held_out is not None else [])
         exclude += load_test_texts(task.name, cfg.glue_dir) if cfg.augment_copies or cfg.transfer_texts else []
         teacher_record = json.loads((teacher_dir / METRICS_FILE).read_text())
-        distill_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, exclude, command)
+        if moe:
+            distill_moe_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, command)
+        else:
+            distill_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, exclude, command)
         folders.append(student_dir)
     if main_process:
         (task_dir / "run_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
