@@ -78,7 +78,8 @@ class GlueRunConfig:
         teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
             fine-tuning recipe.
         teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
-        teacher_max_length: Teacher inputs are truncated to this many tokens; the student reads whole texts.
+        teacher_max_length: Teacher inputs are truncated to this many tokens; a CMOW student reads whole texts, a
+            MoEBERT student the teacher's tokens.
         student_epochs, student_lr, student_batch_size: The student's recipe; epochs and learning rate default to
             ``STUDENT_DEFAULTS`` of the student type.
         alpha: Weight of the gold-label loss in the distillation loss (the rest goes to the teacher).
