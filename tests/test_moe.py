@@ -16,7 +16,7 @@ from transformers import (
 
 from cmow import MoEBertConfig, MoEBertForSequenceClassification, MoEBertModel, ffn_importance, moe_from_dense
 from cmow.modeling_moebert import MoEFeedForward, hash_routes
-from cmow.moe import expert_neurons
+from cmow.moe import active_parameters, expert_neurons
 from conftest import BATCH, PAD, SEQ, VOCAB, random_ids, run_without_cmow
 
 HIDDEN, HEADS, INTERMEDIATE, LAYERS, LABELS = 12, 3, 14, 2, 3
@@ -315,6 +315,18 @@ def test_conversion_rejects_what_it_cannot_convert():
         moe_from_dense(teacher, [torch.randn(INTERMEDIATE)], EXPERTS, EXPERT_SIZE, SHARED)
     with pytest.raises(ValueError, match="BertForSequenceClassification"):
         moe_from_dense(teacher.bert, [torch.randn(INTERMEDIATE)] * LAYERS, EXPERTS, EXPERT_SIZE, SHARED)
+
+
+@pytest.mark.parametrize("routing", ["hash", "gate"])
+def test_active_parameters_count_one_expert_per_layer(routing):
+    model = MoEBertForSequenceClassification(tiny_moe_config(routing=routing))
+    one_expert = EXPERT_SIZE * HIDDEN + EXPERT_SIZE + HIDDEN * EXPERT_SIZE  # fc1 weight and bias, fc2 weight: 150
+    unused = LAYERS * (EXPERTS - 1) * one_expert
+    assert active_parameters(model) == model.num_parameters() - unused
+    assert active_parameters(model.bert) == model.bert.num_parameters() - unused
+    single = MoEBertForSequenceClassification(tiny_moe_config(num_experts=1, expert_size=EXPERT_SIZE, shared_size=0))
+    assert active_parameters(single) == single.num_parameters()
+    assert active_parameters(dense_teacher()) == dense_teacher().num_parameters()
 
 
 # --- saving, remote code, training ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from . import __version__
 COMMANDS = {
     "distill": "distil a teacher (any Hub id or folder) into a small CMOW encoder on a text corpus",
     "evaluate": "score frozen embeddings (STS-B, SST-2, MRPC, word order) against the teacher and static baselines",
-    "glue": "fine-tune a teacher and distil a CMOW student on GLUE tasks",
+    "glue": "fine-tune a teacher and distil a CMOW (or MoEBERT) student on GLUE tasks",
     "train-sst2": "train a random-init bidirectional Hybrid CMOW classifier on SST-2 with the Trainer",
     "quantize": "copy a checkpoint with int8 or float16 weights (4x or 2x smaller)",
     "export": "export a checkpoint to ONNX (sentence embedding or logits), checked in onnxruntime",

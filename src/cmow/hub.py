@@ -16,11 +16,19 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from .configuration_cmow import AUTO_MAP
+from .configuration_cmow import AUTO_MAP, CMOWConfig
+from .configuration_moebert import AUTO_MAP as MOEBERT_AUTO_MAP
+from .configuration_moebert import MoEBertConfig
 
 logger = logging.getLogger(__name__)
 
 CODE_FILES = ("configuration_cmow.py", "modeling_cmow.py", "encode.py")
+MOEBERT_CODE_FILES = ("configuration_moebert.py", "modeling_moebert.py")
+# model_type -> (the remote code a folder must ship, the Auto classes its config must map to it)
+REMOTE_CODE = {
+    CMOWConfig.model_type: (CODE_FILES, AUTO_MAP),
+    MoEBertConfig.model_type: (MOEBERT_CODE_FILES, MOEBERT_AUTO_MAP),
+}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -71,7 +79,8 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
 
     Raises:
         FileNotFoundError: if safetensors weights, config, remote code or README.md are missing.
-        ValueError: if the config lacks part of the ``auto_map``.
+        ValueError: if the folder holds neither a CMOW nor a MoEBERT model, or its config lacks part of the
+            ``auto_map``.
 
     Pickled files (``training_args.bin``, ``pytorch_model.bin``) are never uploaded.
     """
@@ -88,18 +97,25 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
         )
     if pickles:
         logger.info("Not uploading pickled files %s: cmow publishes safetensors only.", ", ".join(pickles))
-    missing_code = [name for name in CODE_FILES if not (folder / name).is_file()]
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") not in REMOTE_CODE:
+        raise ValueError(
+            f"{folder} holds a {config.get('model_type')!r} model: cmow publishes its CMOW and MoEBERT checkpoints "
+            f"only (model_type {' or '.join(map(repr, REMOTE_CODE))})."
+        )
+    code_files, auto_classes = REMOTE_CODE[config["model_type"]]
+    missing_code = [name for name in code_files if not (folder / name).is_file()]
     if missing_code:
         raise FileNotFoundError(
             f"{folder} lacks the remote code {', '.join(missing_code)}: save with a cmow model's `save_pretrained`."
         )
-    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
-    missing_auto = sorted(set(AUTO_MAP) - set(auto_map))
+    auto_map = config.get("auto_map", {})
+    missing_auto = sorted(set(auto_classes) - set(auto_map))
     if missing_auto:
         raise ValueError(f"config.json's auto_map lacks {', '.join(missing_auto)}: re-save the model with cmow.")
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no README.md: write the card first (`cmow card {folder}`).")
-    names = [*CODE_FILES, *TOKENIZER_FILES, *OTHER_FILES, *SENTENCE_TRANSFORMERS_FILES]
+    names = [*code_files, *TOKENIZER_FILES, *OTHER_FILES, *SENTENCE_TRANSFORMERS_FILES]
     return weights + [folder / name for name in names if (folder / name).is_file()]
 
 

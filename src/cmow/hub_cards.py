@@ -2,9 +2,9 @@
 
 ``write_model_card(folder, ...)`` stores what the training run knows (teacher, data, objective, hyperparameters,
 evaluation results, speed, library versions) in ``folder/cmow_training.json`` and renders ``folder/README.md`` from
-it, the saved config and the weights, with the template ``templates/model_card.md``. ``cmow card FOLDER``
-re-renders the card from that record, optionally adding results. Whatever is missing shows as an HTML comment saying
-how to supply it.
+it, the saved config and the weights, with the template ``templates/model_card.md`` (a MoEBERT checkpoint's card
+is ``cmow.moe_card``'s). ``cmow card FOLDER`` re-renders the card from that record, optionally adding results.
+Whatever is missing shows as an HTML comment saying how to supply it.
 """
 
 import argparse
@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from .configuration_cmow import CMOWConfig
+from .configuration_moebert import MoEBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def write_model_card(
 
     Raises:
         FileNotFoundError: if ``folder`` has no ``config.json``.
-        ValueError: if it holds another kind of model than cmow.
+        ValueError: if it holds another kind of model than CMOW or MoEBERT (whose card is ``cmow.moe_card``'s).
     """
     folder = Path(folder)
     config_file = folder / "config.json"
@@ -238,17 +239,20 @@ def write_model_card(
             f"{folder} has no config.json: pass a folder written by a cmow model's save_pretrained."
         )
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != CMOWConfig.model_type:
+    config_classes = {CMOWConfig.model_type: CMOWConfig, MoEBertConfig.model_type: MoEBertConfig}
+    if model_type not in config_classes:
         raise ValueError(
-            f"{folder} holds a {model_type!r} model, not a cmow one: cmow writes cards for cmow checkpoints only."
+            f"{folder} holds a {model_type!r} model, not a cmow one: cmow writes cards for its CMOW and MoEBERT "
+            "checkpoints only."
         )
-    config = CMOWConfig.from_pretrained(folder)
-    distillation = dict(config.distillation or {})
+    config = config_classes[model_type].from_pretrained(folder)
+    distillation = dict(getattr(config, "distillation", None) or {})
     recorded_objective = distillation.pop("objective", None)
+    teacher = teacher or getattr(config, "teacher", None)
     record = {
         "model_name": model_name or folder.resolve().name,
         "repo_id": repo_id,
-        "teacher": public_name(teacher or config.teacher) if (teacher or config.teacher) else None,
+        "teacher": public_name(teacher) if teacher else None,
         "datasets": [public_name(dataset) for dataset in datasets or []],
         "objective": objective or recorded_objective,
         "training_args": non_default_args(training_args) if training_args is not None else distillation,
@@ -260,7 +264,12 @@ def write_model_card(
         "versions": versions or library_versions(),
     }
     (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    card = render_model_card(folder, record, config)
+    if model_type == MoEBertConfig.model_type:
+        from .moe_card import render_moebert_card  # moe_card builds on this module
+
+        card = render_moebert_card(folder, record, config)
+    else:
+        card = render_model_card(folder, record, config)
     path = folder / "README.md"
     card.save(path)
     logger.info("Wrote the model card %s", path)

@@ -179,4 +179,18 @@ def moe_from_dense(
     return student.train(model.training)
 
 
-__all__ = ["expert_neurons", "ffn_importance", "moe_from_dense"]
+def active_parameters(model: nn.Module) -> int:
+    """The parameters one token uses: all of ``model``'s but, in each mixture-of-experts FFN, one expert's only.
+
+    A token goes through one expert per layer, so each ``MoEFeedForward`` counts one expert's ``fc1_weight``,
+    ``fc1_bias`` and ``fc2_weight`` instead of all ``num_experts``; everything else (embeddings, attention, gates,
+    the shared output bias, LayerNorms, head) counts once, as in ``num_parameters``.
+    """
+    active = sum(parameter.numel() for parameter in model.parameters())
+    for ffn in (module for module in model.modules() if isinstance(module, MoEFeedForward)):
+        expert = sum(stacked[0].numel() for stacked in (ffn.fc1_weight, ffn.fc1_bias, ffn.fc2_weight))
+        active -= (ffn.num_experts - 1) * expert
+    return active
+
+
+__all__ = ["active_parameters", "expert_neurons", "ffn_importance", "moe_from_dense"]

@@ -8,11 +8,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..configuration_moebert import ROUTINGS
 from ..data import DATA_DIR_ENV
 from ..hub_cards import public_name
 from .data import TASKS, get_task
 from .report import write_report
-from .run import GlueRunConfig, run_task
+from .run import STUDENT_DEFAULTS, GlueRunConfig, run_task
 from .selection import SELECTIONS
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GlueRunConfig(task="")
     parser.description = (
         "For each task: fine-tune a teacher (or reuse one), distil a CMOW student from its logits (on train and an "
-        "optional teacher-labelled transfer set), keep the best epoch on a held-out slice of train (or the last), "
-        "evaluate on dev once and save model, tokenizer and metrics.json; also the majority baseline."
+        "optional teacher-labelled transfer set) or, with --student-type moe, a MoEBERT student converted from it, "
+        "keep the best epoch on a held-out slice of train (or the last), evaluate on dev once and save model, "
+        "tokenizer, metrics.json and card; also the majority baseline."
     )
     parser.add_argument(
         "tasks", nargs="*", metavar="TASK", help=f"'all' or any of {', '.join(TASKS)}; none: only --report"
@@ -75,8 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         teacher.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
 
     student = parser.add_argument_group("student: loss alpha * CE(gold) + (1 - alpha) * T^2 KL(teacher)")
+    student.add_argument(
+        "--student-type",
+        choices=tuple(STUDENT_DEFAULTS),
+        default=defaults.student_type,
+        help="cmow: a CMOW student; moe: a MoEBERT student converted from the teacher (see the MoEBERT flags) "
+        "(default: %(default)s)",
+    )
     student.add_argument("--student", help="CMOW checkpoint to start the student from (default: random init)")
-    student.add_argument("--student-name", help="student folder is student-NAME (default: random or pretrained)")
+    student.add_argument("--student-name", help="student folder is student-NAME (default: random, pretrained or moe)")
     student.add_argument(
         "--student-config",
         type=json.loads,
@@ -85,14 +94,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}'); may be given "
         "more than once, later keys win (default: none)",
     )
+    for name, text in (("student_epochs", "epochs of student distillation"), ("student_lr", "student learning rate")):
+        key = name.removeprefix("student_")
+        by_type = ", ".join(f"{values[key]:g} for {kind}" for kind, values in STUDENT_DEFAULTS.items())
+        student.add_argument(_flag(name), type=float, help=f"{text} (default: {by_type})")
     for name, kind, text in (
-        ("student_epochs", float, "epochs of student distillation"),
-        ("student_lr", float, "student learning rate"),
         ("student_batch_size", int, "student batch size"),
         ("alpha", float, "weight of the gold-label loss; the rest goes to the teacher's logits"),
         ("temperature", float, "softmax temperature T of the distillation loss"),
     ):
         student.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
+
+    moe = parser.add_argument_group(
+        "MoEBERT student (--student-type moe): the teacher's FFNs split into experts; loss distill_weight * sum_l "
+        "MSE(student_h_l, teacher_h_l) + the loss above"
+    )
+    moe.add_argument("--moe-experts", type=int, default=defaults.moe_experts, help=_help("experts per FFN"))
+    moe.add_argument(
+        "--moe-expert-size", type=int, help="neurons per expert, shared ones included (default: half the teacher's)"
+    )
+    moe.add_argument(
+        "--moe-shared-size",
+        type=int,
+        help="most important neurons, held by every expert (default: a quarter of the teacher's, more where the "
+        "experts would not fit otherwise)",
+    )
+    moe.add_argument(
+        "--moe-routing",
+        choices=ROUTINGS,
+        default=defaults.moe_routing,
+        help="hash: a fixed random table sends each token id to one expert; gate: a learned gate picks one expert per "
+        "token (default: %(default)s)",
+    )
+    for name, kind, text in (
+        ("moe_distill_weight", float, "weight of the hidden-state MSE (MoEBERT's 5.0)"),
+        ("moe_importance_batch_size", int, "examples per term of the importance score (1: MoEBERT's per-example)"),
+    ):
+        moe.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
+    moe.add_argument(
+        "--moe-importance-examples",
+        type=int,
+        default=defaults.moe_importance_examples,
+        help=_help("train examples the teacher's FFN neurons are scored on (0: all)"),
+    )
 
     transfer = parser.add_argument_group("transfer set: extra examples labelled by the teacher")
     transfer.add_argument(

@@ -19,6 +19,13 @@ labelled examples and 0 for transfer examples, and the loss is a mean over the b
 so the gold-label term sees only real labels, the teacher term every example, and each labelled example weighs what
 it weighs without a transfer set (the gold term is not rescaled by how many labelled examples a batch holds; a batch
 of transfer examples only has no gold term). With every ``m_i = 1`` this is the loss above.
+
+Layer-wise distillation (MoEBERT, Zuo et al. 2022) adds the hidden states of a student with the teacher's shape:
+
+    loss = distill_weight * sum_l MSE(student_h_l, teacher_h_l) + the loss above (teacher run on each batch),
+
+summing over every hidden state, the embedding output included (``output_hidden_states``), each MSE a mean over the
+non-padding positions and the hidden units.
 """
 
 import logging
@@ -120,6 +127,70 @@ class DistillationTrainer(CMOWTrainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature, gold_mask)
+        return (loss, outputs) if return_outputs else loss
+
+
+def hidden_state_loss(
+    student_states: tuple[torch.Tensor, ...],
+    teacher_states: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sum over layers of the mean squared error between student and teacher hidden states at non-pad positions.
+
+    Args:
+        student_states: ``(batch, seq, hidden)`` per layer, the embedding output first (``output.hidden_states``).
+        teacher_states: The teacher's, of the same number and shapes.
+        attention_mask: ``(batch, seq)``, 1 for tokens and 0 for padding; every position counts if None.
+
+    Returns:
+        A scalar: ``sum_l mean over non-pad positions p and units u of (student_l[p, u] - teacher_l[p, u])^2``.
+    """
+    if len(student_states) != len(teacher_states) or student_states[0].shape != teacher_states[0].shape:
+        raise ValueError(
+            f"Layer-wise distillation needs a student of the teacher's depth and width: got {len(student_states)} "
+            f"hidden states of {tuple(student_states[0].shape)} and {len(teacher_states)} of "
+            f"{tuple(teacher_states[0].shape)}."
+        )
+    total = student_states[0].new_zeros((), dtype=torch.float32)
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        squared = (student.float() - teacher.float()).square().mean(dim=-1)  # (batch, seq)
+        if attention_mask is None:
+            total = total + squared.mean()
+        else:
+            mask = attention_mask.to(squared.dtype)
+            total = total + (squared * mask).sum() / mask.sum()
+    return total
+
+
+class LayerwiseDistillationTrainer(DistillationTrainer):
+    """A ``DistillationTrainer`` that also matches every hidden state of the teacher (see the module docstring).
+
+    The teacher runs on each training batch, in eval mode and under ``no_grad``; it is never given to the optimizer.
+    It reads the student's batch, so both must share tokenizer, depth and hidden size (a MoEBERT student converted
+    from it, ``cmow.moe.moe_from_dense``). Evaluation batches use the model's own loss.
+
+    Args:
+        teacher: The fine-tuned teacher.
+        distill_weight: Weight of the hidden-state term.
+        *args, **kwargs: As for ``DistillationTrainer`` (``alpha``, ``temperature``...).
+    """
+
+    def __init__(self, *args, teacher: PreTrainedModel, distill_weight: float = 5.0, **kwargs):
+        if distill_weight < 0:
+            raise ValueError(f"`distill_weight` must be >= 0; got {distill_weight!r}.")
+        super().__init__(*args, teacher=teacher, **kwargs)
+        self.distill_weight = distill_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**inputs, output_hidden_states=True)
+        outputs = model(**inputs, output_hidden_states=True)
+        loss = distillation_loss(outputs.logits, teacher_outputs.logits, labels, self.alpha, self.temperature)
+        hidden = hidden_state_loss(outputs.hidden_states, teacher_outputs.hidden_states, inputs.get("attention_mask"))
+        loss = loss + self.distill_weight * hidden
         return (loss, outputs) if return_outputs else loss
 
 

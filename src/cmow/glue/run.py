@@ -1,4 +1,5 @@
-"""One GLUE task end to end: fine-tune a teacher, distil a CMOW student into it, evaluate, save.
+"""One GLUE task end to end: fine-tune a teacher, distil a CMOW student from it (or a MoEBERT student converted from
+it, ``cmow.glue.moe_student``), evaluate, save.
 
 Layout of ``output_dir/<TASK>/``: ``teacher/`` and ``student-<name>/``, each a ``save_pretrained`` folder (model,
 tokenizer) with ``metrics.json``, and ``majority/metrics.json`` (the majority-class baseline). A ``teacher/`` that
@@ -11,9 +12,8 @@ published, keeps the paths to rerun.
 import hashlib
 import json
 import logging
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -21,32 +21,39 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
 )
 
 from ..configuration_cmow import CMOWConfig
-from ..hub_cards import public_name, write_model_card
+from ..hub_cards import public_name
 from ..modeling_cmow import CMOWForSequenceClassification
 from .augment import AugmentConfig
-from .data import HUB_DATASET, GlueTask, get_task, load_glue, load_test_texts, tokenize
+from .data import GlueTask, get_task, load_glue, load_test_texts, tokenize
 from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
-from .metrics import compute_metrics_fn, majority_baseline, task_metrics
-from .selection import selection_record, split_held_out, training_args
+from .metrics import compute_metrics_fn, majority_baseline
+from .moe_student import distill_moe_student, moe_settings
+from .results import METRICS_FILE, evaluate, parameter_counts, save, write_card
+from .selection import selection_data, selection_record, split_held_out, training_args
 from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 OBJECTIVE = (
     "alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)); "
     "regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher); "
     "on transfer-set examples (teacher-labelled only) the gold term is masked out"
 )
+
+# Student epochs and learning rate by student type: CMOW trains from scratch or a general student, MoEBERT fine-tunes
+# a converted teacher (learning rate as MoEBERT's example script).
+STUDENT_DEFAULTS = {"cmow": {"epochs": 10.0, "lr": 2e-3}, "moe": {"epochs": 5.0, "lr": 5e-5}}
 
 
 @dataclass
@@ -59,15 +66,22 @@ class GlueRunConfig:
         glue_dir: Folder in the GLUE TSV layout; ``None`` loads ``nyu-mll/glue`` from the Hub.
         teacher: A teacher already fine-tuned on this task (skips fine-tuning).
         teacher_base: The model to fine-tune as teacher when ``teacher`` is not given.
+        student_type: ``"cmow"``: a CMOW student distilled from the teacher's precomputed logits. ``"moe"``: a
+            MoEBERT student converted from the teacher and trained by layer-wise distillation
+            (``cmow.glue.moe_student``); it takes no ``student``, ``student_config`` or transfer set.
         student: A CMOW checkpoint (e.g. from general distillation) to start the student from; random init if None.
-        student_name: Names the student's folder, ``student-<student_name>``.
+        student_name: Names the student's folder, ``student-<student_name>``; default ``random``, ``pretrained``
+            (with ``student``) or ``moe``.
         student_config: ``CMOWConfig`` overrides: for a random student, or added to a ``student`` checkpoint's config
             (e.g. ``{"ngram_orders": [2]}`` adds a zero-initialised n-gram table to a general-distilled student).
         teacher_only: Fine-tune (or reuse) the teacher and stop: for tuning the teacher's recipe.
         teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
             fine-tuning recipe.
         teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
-        teacher_max_length: Teacher inputs are truncated to this many tokens; the student reads whole texts.
+        teacher_max_length: Teacher inputs are truncated to this many tokens; a CMOW student reads whole texts, a
+            MoEBERT student the teacher's tokens.
+        student_epochs, student_lr, student_batch_size: The student's recipe; epochs and learning rate default to
+            ``STUDENT_DEFAULTS`` of the student type.
         alpha: Weight of the gold-label loss in the distillation loss (the rest goes to the teacher).
         temperature: Softmax temperature of the distillation loss.
         selection: Which epoch is kept, for teacher and student: ``"held-out"`` (best on a slice of train),
@@ -83,6 +97,12 @@ class GlueRunConfig:
         label_shard_size: Transfer examples per cached shard of teacher logits (the unit of resuming).
         max_train_samples: Train on the first this many examples (for quick runs); all if None.
         max_eval_samples: Evaluate on the first this many examples; all if None.
+        moe_experts, moe_expert_size, moe_shared_size, moe_routing: The MoEBERT student's experts per layer, neurons
+            per expert, neurons shared by all experts and routing (``MoEBertConfig``'s ``num_experts``,
+            ``expert_size``, ``shared_size``, ``routing``; sizes default to its defaults on the teacher's FFN).
+        moe_distill_weight: Weight of the hidden-state term of layer-wise distillation (MoEBERT's 5.0).
+        moe_importance_examples: Train examples the teacher's FFN neurons are scored on; all if 0.
+        moe_importance_batch_size: Examples per term of the importance score (1: MoEBERT's per-example scores).
     """
 
     task: str
@@ -90,6 +110,7 @@ class GlueRunConfig:
     glue_dir: str | None = None
     teacher: str | None = None
     teacher_base: str | None = None
+    student_type: str = "cmow"
     student: str | None = None
     student_name: str | None = None
     student_config: dict = field(default_factory=dict)
@@ -101,8 +122,8 @@ class GlueRunConfig:
     teacher_weight_decay: float = 0.0
     teacher_seed: int | None = None
     teacher_max_length: int = 128
-    student_epochs: float = 10.0
-    student_lr: float = 2e-3
+    student_epochs: float | None = None
+    student_lr: float | None = None
     student_batch_size: int = 32
     alpha: float = 0.5
     temperature: float = 1.0
@@ -121,33 +142,39 @@ class GlueRunConfig:
     max_eval_samples: int | None = None
     eval_batch_size: int = 64
     seed: int = 42
+    moe_experts: int = 4
+    moe_expert_size: int | None = None
+    moe_shared_size: int | None = None
+    moe_routing: str = "hash"
+    moe_distill_weight: float = 5.0
+    moe_importance_examples: int = 2048
+    moe_importance_batch_size: int = 1
 
-
-def _num_parameters(model: PreTrainedModel) -> dict[str, int]:
-    return {"parameters": model.num_parameters(), "encoder_parameters": model.base_model.num_parameters()}
-
-
-def _evaluate(model, tokenizer, task: GlueTask, data: datasets.Dataset, batch_size: int) -> dict:
-    """Final scores and inference throughput (examples/s) on a tokenized dev set."""
-    start = time.perf_counter()
-    logits = predict_logits(model, tokenizer, data, batch_size)
-    seconds = time.perf_counter() - start
-    return {
-        "metrics": task_metrics(task, logits, data["label"]),
-        "throughput_examples_per_s": len(data) / seconds,
-        "throughput_threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-    }
-
-
-def _save(model, tokenizer, folder: Path, record: dict) -> None:
-    if not PartialState().is_main_process:
-        return
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    logger.info("Saved %s: %s", folder, record["metrics"])
+    def __post_init__(self):
+        if self.student_type not in STUDENT_DEFAULTS:
+            raise ValueError(
+                f"`student_type` must be one of {', '.join(map(repr, STUDENT_DEFAULTS))}; got {self.student_type!r}."
+            )
+        defaults = STUDENT_DEFAULTS[self.student_type]
+        self.student_epochs = defaults["epochs"] if self.student_epochs is None else self.student_epochs
+        self.student_lr = defaults["lr"] if self.student_lr is None else self.student_lr
+        # Flags of the other student type would be ignored silently: refuse them.
+        if self.student_type == "moe":
+            cmow_only = {
+                "--student": self.student,
+                "--student-config": self.student_config,
+                "--augment-copies": self.augment_copies,
+                "--transfer-texts": self.transfer_texts,
+            }
+            given = [flag for flag, value in cmow_only.items() if value]
+        else:
+            moe = [f for f in fields(self) if f.name.startswith("moe_")]
+            given = ["--" + f.name.replace("_", "-") for f in moe if getattr(self, f.name) != f.default]
+        if given:
+            raise ValueError(
+                f"--student-type {self.student_type} does not use {', '.join(given)}: drop them, or choose the "
+                "student type they belong to."
+            )
 
 
 def _texts(data: datasets.Dataset) -> list[str]:
@@ -157,11 +184,6 @@ def _texts(data: datasets.Dataset) -> list[str]:
 
 def _slice(data: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return data if limit is None else data.select(range(min(limit, len(data))))
-
-
-def _selection_data(cfg: GlueRunConfig, data: datasets.DatasetDict) -> datasets.Dataset | None:
-    """The set epochs are selected on: the held-out slice, dev, or none (``last``)."""
-    return {"held-out": data.get("held_out"), "dev": data["validation"], "last": None}[cfg.selection]
 
 
 def finetune_teacher(
@@ -177,7 +199,7 @@ def finetune_teacher(
     )
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
-    selection_set = _selection_data(cfg, data)
+    selection_set = selection_data(cfg.selection, data)
     settings = {
         "epochs": cfg.teacher_epochs,
         "lr": cfg.teacher_lr,
@@ -217,13 +239,13 @@ def finetune_teacher(
         "model": public_name(base),
         "train_seconds": train_seconds,
         "train_examples": len(train),
-        **_evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
-        **_num_parameters(trainer.model),
+        **evaluate(trainer.model, tokenizer, task, dev, cfg.eval_batch_size),
+        **parameter_counts(trainer.model),
         "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
         "settings": settings,
         "command": command,
     }
-    _save(trainer.model, tokenizer, folder, record)
+    save(trainer.model, tokenizer, folder, record)
     return trainer.model, tokenizer
 
 
@@ -373,7 +395,7 @@ def distill_student(
         )
         train = join_transfer_set(train, tokenize(transfer, student_tokenizer), transfer_teacher_logits)
     dev = tokenize(data["validation"], student_tokenizer)
-    selection_set = _selection_data(cfg, data)
+    selection_set = selection_data(cfg.selection, data)
     student = build_student(cfg, task, student_tokenizer)
     student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
@@ -423,49 +445,17 @@ def distill_student(
         "train_seconds": train_seconds,
         "train_examples": len(train),
         "gold_examples": gold_examples,
-        **_evaluate(trainer.model, student_tokenizer, task, dev, cfg.eval_batch_size),
-        **_num_parameters(trainer.model),
+        **evaluate(trainer.model, student_tokenizer, task, dev, cfg.eval_batch_size),
+        **parameter_counts(trainer.model),
         "selection": selection_record(trainer, cfg.selection, 0 if selection_set is None else len(selection_set)),
         "transfer": transfer_info,
         "student_config": cfg.student_config,
         "settings": student.config.distillation,
         "command": command,
     }
-    _save(trainer.model, student_tokenizer, folder, record)
-    _write_card(folder, task, record, teacher_record)
+    save(trainer.model, student_tokenizer, folder, record)
+    write_card(folder, task, record, teacher_record, OBJECTIVE)
     return trainer.model
-
-
-def _write_card(folder: Path, task: GlueTask, record: dict, teacher_record: dict) -> None:
-    """The student's model card, from what the run recorded (``cmow.hub_cards``)."""
-    eval_results = [
-        {
-            "task_type": "text-classification",
-            "dataset_type": HUB_DATASET,
-            "dataset_name": f"GLUE {task.name}",
-            "dataset_config": task.hub_name,
-            "dataset_split": "validation",
-            "metric_type": name,
-            "metric_value": value,
-        }
-        for name, value in record["metrics"].items()
-        if name != "score"
-    ]
-    speed = {
-        "student": record["throughput_examples_per_s"],
-        "teacher": teacher_record["throughput_examples_per_s"],
-        "unit": f"examples/s on the {task.name} dev set",
-        "hardware": f"CPU, {record['throughput_threads']} threads",
-        "batch_size": record["batch_size"],
-    }
-    write_model_card(
-        folder,
-        eval_results=eval_results,
-        datasets=[HUB_DATASET],
-        objective=OBJECTIVE,
-        training_args=record["settings"],
-        speed=speed,
-    )
 
 
 def _write_majority(task: GlueTask, data: datasets.DatasetDict, folder: Path, command: str | None) -> None:
@@ -480,6 +470,15 @@ def _write_majority(task: GlueTask, data: datasets.DatasetDict, folder: Path, co
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _teacher_config(cfg: GlueRunConfig, teacher_dir: Path) -> PretrainedConfig:
+    """The config of the teacher ``run_task`` will use (given, reused, or to fine-tune), read before any training."""
+    from ..data import default_teacher
+
+    if cfg.teacher or (teacher_dir / METRICS_FILE).is_file():
+        return AutoConfig.from_pretrained(cfg.teacher or teacher_dir)
+    return AutoConfig.from_pretrained(cfg.teacher_base or default_teacher())
 
 
 def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDict, teacher_dir: Path, command):
@@ -500,8 +499,8 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
             record = json.loads((source / METRICS_FILE).read_text()) | {"copied_from": public_name(source)}
         dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
         record |= {"task": task.name, "role": "teacher"}
-        record |= _evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | _num_parameters(teacher)
-        _save(teacher, tokenizer, teacher_dir, record)
+        record |= evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | parameter_counts(teacher)
+        save(teacher, tokenizer, teacher_dir, record)
     return teacher, tokenizer
 
 
@@ -518,7 +517,11 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
     task = get_task(cfg.task)
     task_dir = Path(cfg.output_dir) / task.name
     teacher_dir = task_dir / "teacher"
-    student_dir = task_dir / f"student-{cfg.student_name or ('pretrained' if cfg.student else 'random')}"
+    moe = cfg.student_type == "moe"
+    student_name = cfg.student_name or ("moe" if moe else "pretrained" if cfg.student else "random")
+    student_dir = task_dir / f"student-{student_name}"
+    if moe and not cfg.teacher_only:
+        moe_settings(cfg, _teacher_config(cfg, teacher_dir))  # bad MoE flags fail here, before any training
     raw = load_glue(task.name, cfg.glue_dir)
     train = _slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples)
     train, held_out = split_held_out(train, cfg.selection, cfg.held_out_fraction)
@@ -540,7 +543,10 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
         exclude = _texts(raw["validation"]) + (_texts(held_out) if held_out is not None else [])
         exclude += load_test_texts(task.name, cfg.glue_dir) if cfg.augment_copies or cfg.transfer_texts else []
         teacher_record = json.loads((teacher_dir / METRICS_FILE).read_text())
-        distill_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, exclude, command)
+        if moe:
+            distill_moe_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, command)
+        else:
+            distill_student(cfg, task, data, teacher, tokenizer, student_dir, teacher_record, exclude, command)
         folders.append(student_dir)
     if main_process:
         (task_dir / "run_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")

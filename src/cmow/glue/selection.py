@@ -38,6 +38,11 @@ def split_held_out(
     return train.select(range(len(train) - held)), train.select(range(len(train) - held, len(train)))
 
 
+def selection_data(selection: str, data: datasets.DatasetDict) -> datasets.Dataset | None:
+    """The set epochs are selected on: the held-out slice, dev, or none (``last``)."""
+    return {"held-out": data.get("held_out"), "dev": data["validation"], "last": None}[selection]
+
+
 def training_args(
     output_dir: Path,
     *,
