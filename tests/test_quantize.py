@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoModel, BertConfig, BertModel
 
 from cmow import CMOWForSequenceClassification, CMOWModel
 from cmow.cli import main
@@ -69,7 +69,7 @@ def test_bad_weight_storage_is_refused(tmp_path):
 
 REMOTE_INT8_CHECK = """
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, BertConfig, BertModel
 
 folder, expected_file = sys.argv[1:]
 expected = torch.load(expected_file)
@@ -123,3 +123,9 @@ def test_cli_copies_a_checkpoint_with_smaller_weights_that_embed_alike(
         quantize_folder(source, tmp_path / "occupied", storage)
     with pytest.raises(ValueError, match="another folder"):
         quantize_folder(source, source, storage)
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=99, hidden_size=12, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
+        bert
+    )
+    with pytest.raises(ValueError, match="CMOW checkpoints only"):
+        quantize_folder(bert, tmp_path / "bert-int8", storage)

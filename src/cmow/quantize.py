@@ -27,7 +27,7 @@ def quantize_folder(source: str | os.PathLike, destination: str | os.PathLike, s
     """Write ``source``'s model to ``destination`` with ``storage`` weights, and copy its other files.
 
     Raises:
-        ValueError: for an unknown ``storage``, or ``destination`` equal to ``source``.
+        ValueError: for an unknown ``storage``, a non-CMOW model, or ``destination`` equal to ``source``.
         FileNotFoundError: if ``source`` has no cmow ``config.json``.
         FileExistsError: if ``destination`` already holds a model.
     """
@@ -38,6 +38,9 @@ def quantize_folder(source: str | os.PathLike, destination: str | os.PathLike, s
         raise FileNotFoundError(
             f"{source} has no config.json: pass a folder written by a cmow model's save_pretrained."
         )
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if model_type != CMOWConfig.model_type:
+        raise ValueError(f"{source} holds a {model_type!r} model: cmow quantize stores CMOW checkpoints only.")
     if destination.exists() and destination.resolve() == source.resolve():
         raise ValueError("Write the quantised copy to another folder: the source keeps the full-precision weights.")
     if (destination / "config.json").exists():
