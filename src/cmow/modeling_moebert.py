@@ -107,13 +107,30 @@ class MoEFeedForward(nn.Module):
         grouped = torch.cat(outputs)  # (tokens, hidden) in expert order
         return torch.zeros_like(grouped).index_copy(0, order, grouped) + self.fc2_bias
 
-    def forward(self, hidden_states: torch.Tensor, routes: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, seq, hidden)`` to ``(batch, seq, hidden)``; ``routes`` is ``(batch, seq)`` for hash routing."""
+    def forward(
+        self, hidden_states: torch.Tensor, routes: torch.Tensor | None = None, real: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(batch, seq, hidden)`` to ``(batch, seq, hidden)``.
+
+        Args:
+            hidden_states: ``(batch, seq, hidden)``.
+            routes: ``(batch, seq)`` expert indices for hash routing.
+            real: ``(positions,)`` flat indices of the non-padding positions, or ``None`` for all. Padding positions
+                skip the experts (their expert output is zero): no other position attends to them, and the pooler
+                reads the first token, so nothing downstream changes, while padded batches save that work.
+        """
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # (batch * seq, hidden)
-        experts, scale = self.route(tokens, None if routes is None else routes.reshape(-1))
-        outputs = self.experts_forward(tokens, experts)  # (batch * seq, hidden)
+        flat_routes = None if routes is None else routes.reshape(-1)
+        if real is not None:
+            tokens, flat_routes = tokens[real], None if flat_routes is None else flat_routes[real]  # (positions, ...)
+        experts, scale = self.route(tokens, flat_routes)
+        outputs = self.experts_forward(tokens, experts)  # (positions, hidden)
         if scale is not None:
             outputs = outputs * scale.unsqueeze(-1).to(outputs.dtype)
+        if real is not None:
+            outputs = outputs.new_zeros(
+                hidden_states.numel() // hidden_states.shape[-1], outputs.shape[-1]
+            ).index_copy(0, real, outputs)  # (batch * seq, hidden)
         outputs = self.dropout(outputs.view_as(hidden_states))
         return self.LayerNorm(outputs + hidden_states)
 
@@ -127,11 +144,18 @@ class MoEBertLayer(nn.Module):
         self.ffn = MoEFeedForward(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, routes: torch.Tensor | None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        routes: torch.Tensor | None,
+        real: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(batch, seq, hidden)`` to ``(batch, seq, hidden)`` and the attention weights (``None`` unless eager)."""
+        """``(batch, seq, hidden)`` to ``(batch, seq, hidden)`` and the attention weights (``None`` unless eager).
+
+        ``real``: flat indices of the non-padding positions (see ``MoEFeedForward.forward``), ``None`` for all.
+        """
         attention_output, attention_weights = self.attention(hidden_states, attention_mask)
-        return self.ffn(attention_output, routes), attention_weights
+        return self.ffn(attention_output, routes, real), attention_weights
 
 
 class MoEBertEncoder(nn.Module):
@@ -222,9 +246,12 @@ class MoEBertModel(MoEBertPreTrainedModel):
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
+        real = None  # padding positions skip the experts
+        if attention_mask is not None and not bool(attention_mask.all()):
+            real = attention_mask.reshape(-1).nonzero().squeeze(1)  # (positions,)
         all_hidden_states, all_attentions = [hidden_states], []
         for layer in self.encoder.layer:
-            hidden_states, attention_weights = layer(hidden_states, mask, routes)
+            hidden_states, attention_weights = layer(hidden_states, mask, routes, real)
             all_hidden_states.append(hidden_states)
             all_attentions.append(attention_weights)
         output = BaseModelOutputWithPooling(
