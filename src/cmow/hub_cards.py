@@ -282,9 +282,40 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
     suffix = next((s for s in _PIPELINES if architecture.endswith(s)), "Model")
     pipeline_tag, auto_class, task_phrase, usage_call = _PIPELINES[suffix]
     parameters, size = _weights_summary(folder)
+    head = None
+    if suffix == "ForSequenceClassification":
+        head = f"{config.classifier} classifier, {config.num_labels} labels, pair encoding `{config.pair_encoding}`"
+    return card_from_record(
+        record,
+        template="model_card.md",
+        pipeline_tag=pipeline_tag,
+        tags=["cmow", "matrix-embeddings", "distillation", "custom_code"],
+        weights_bytes=size,
+        config=config,
+        architecture=architecture,
+        encoder=_ENCODER_NAMES[config.encoder],
+        encoder_name=_ENCODER_NAMES[config.encoder].split(" ")[0],
+        head=head,
+        parameters=f"{parameters:,}",
+        storage=_storage(config),
+        task_phrase=task_phrase,
+        auto_class=auto_class,
+        usage_call=usage_call,
+    )
+
+
+def card_from_record(
+    record: dict, *, template: str, pipeline_tag: str, tags: list[str], weights_bytes: int, **fields
+) -> ModelCard:
+    """A card rendered from ``templates/<template>`` with what every cmow card shows from a training record.
+
+    The metadata (base model, Hub datasets, ``model-index`` results, license, pipeline tag, ``tags``) and the template
+    fields ``model_name``, ``repo_id``, ``file_size`` (of ``weights_bytes``), ``teacher``, ``teacher_url``,
+    ``datasets``, ``objective``, ``hyperparameters``, ``eval_results``, ``speed``, ``versions``, ``license``;
+    ``fields`` adds the model's own (architecture, sizes, ...).
+    """
     teacher = record.get("teacher")
     base_model = _teacher_hub_id(teacher)
-    teacher = public_name(teacher) if teacher else None
     datasets = [public_name(dataset) for dataset in record.get("datasets") or []]
     eval_results = [EvalResult(**result) for result in record.get("eval_results") or []]
     card_data = ModelCardData(
@@ -295,30 +326,17 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
         library_name="transformers",
         license=record.get("license"),
         pipeline_tag=pipeline_tag,
-        tags=["cmow", "matrix-embeddings", "distillation", "custom_code"],
+        tags=tags,
     )
-    head = None
-    if suffix == "ForSequenceClassification":
-        head = f"{config.classifier} classifier, {config.num_labels} labels, pair encoding `{config.pair_encoding}`"
-    shown_teacher = base_model or teacher
+    megabytes = weights_bytes >= 2**20
     return ModelCard.from_template(
         card_data,
-        template_str=(resources.files("cmow") / "templates" / "model_card.md").read_text(),
+        template_str=(resources.files("cmow") / "templates" / template).read_text(),
         record_file=RECORD_FILE,
         model_name=record["model_name"],
         repo_id=record.get("repo_id") or record["model_name"],
-        config=config,
-        architecture=architecture,
-        encoder=_ENCODER_NAMES[config.encoder],
-        encoder_name=_ENCODER_NAMES[config.encoder].split(" ")[0],
-        head=head,
-        parameters=f"{parameters:,}",
-        file_size=f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
-        storage=_storage(config),
-        task_phrase=task_phrase,
-        auto_class=auto_class,
-        usage_call=usage_call,
-        teacher=shown_teacher,
+        file_size=f"{weights_bytes / 2**20:.1f} MiB" if megabytes else f"{weights_bytes / 2**10:.1f} KiB",
+        teacher=base_model or (public_name(teacher) if teacher else None),
         teacher_url=f"https://huggingface.co/{base_model}" if base_model else None,
         datasets=datasets,
         objective=record.get("objective"),
@@ -327,6 +345,7 @@ def render_model_card(folder: Path, record: dict, config: CMOWConfig) -> ModelCa
         speed=record.get("speed"),
         versions=record.get("versions") or {},
         license=record.get("license"),
+        **fields,
     )
 
 

@@ -5,13 +5,12 @@
 Sizes come from the saved model (total parameters, and the active ones: one expert per layer), never from the caller.
 """
 
-from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
 from .configuration_moebert import MoEBertConfig
-from .hub_cards import _HUB_ID, RECORD_FILE, _teacher_hub_id, public_name
+from .hub_cards import card_from_record
 from .modeling_moebert import MoEBertForSequenceClassification, MoEBertModel
 from .moe import active_parameters
 
@@ -26,27 +25,12 @@ def render_moebert_card(folder: Path, record: dict, config: MoEBertConfig) -> Mo
     architecture = (config.architectures or ["MoEBertModel"])[0]
     classifier = architecture.endswith("ForSequenceClassification")
     model = (MoEBertForSequenceClassification if classifier else MoEBertModel).from_pretrained(folder)
-    size = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
-    teacher = record.get("teacher")
-    base_model = _teacher_hub_id(teacher)
-    datasets = [public_name(dataset) for dataset in record.get("datasets") or []]
-    eval_results = [EvalResult(**result) for result in record.get("eval_results") or []]
-    card_data = ModelCardData(
-        model_name=record["model_name"],
-        base_model=base_model,
-        datasets=[d for d in datasets if _HUB_ID.match(d) and not Path(d).exists()] or None,
-        eval_results=eval_results or None,
-        library_name="transformers",
-        license=record.get("license"),
+    return card_from_record(
+        record,
+        template="moebert_card.md",
         pipeline_tag="text-classification" if classifier else "feature-extraction",
         tags=["moebert", "mixture-of-experts", "distillation", "custom_code"],
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_str=(resources.files("cmow") / "templates" / "moebert_card.md").read_text(),
-        record_file=RECORD_FILE,
-        model_name=record["model_name"],
-        repo_id=record.get("repo_id") or record["model_name"],
+        weights_bytes=sum(path.stat().st_size for path in folder.glob("*.safetensors")),
         config=config,
         architecture=architecture,
         auto_class="AutoModelForSequenceClassification" if classifier else "AutoModel",
@@ -54,14 +38,4 @@ def render_moebert_card(folder: Path, record: dict, config: MoEBertConfig) -> Mo
         routing=_ROUTING[config.routing],
         parameters=f"{model.num_parameters():,}",
         active_parameters=f"{active_parameters(model):,}",
-        file_size=f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
-        teacher=base_model or (public_name(teacher) if teacher else None),
-        teacher_url=f"https://huggingface.co/{base_model}" if base_model else None,
-        datasets=datasets,
-        objective=record.get("objective"),
-        hyperparameters=record.get("training_args") or {},
-        eval_results=eval_results,
-        speed=record.get("speed"),
-        versions=record.get("versions") or {},
-        license=record.get("license"),
     )

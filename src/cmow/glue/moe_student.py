@@ -27,7 +27,7 @@ from .data import GlueTask, tokenize
 from .distill_trainer import LayerwiseDistillationTrainer
 from .metrics import compute_metrics_fn
 from .results import evaluate, parameter_counts, save, write_card
-from .selection import selection_data, selection_record, training_args
+from .selection import selection_data, selection_record, student_training_args
 
 if TYPE_CHECKING:
     from .run import GlueRunConfig
@@ -151,17 +151,7 @@ def distill_moe_student(
     }
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     selection_set = selection_data(cfg.selection, data)
-    args = training_args(
-        folder / "checkpoints",
-        selection=cfg.selection,
-        epochs=cfg.student_epochs,
-        lr=cfg.student_lr,
-        batch_size=cfg.student_batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        warmup_ratio=0.1,
-        weight_decay=0.0,
-        seed=cfg.seed,
-    )
+    args = student_training_args(cfg, folder)
     trainer = LayerwiseDistillationTrainer(
         model=student,
         args=args,

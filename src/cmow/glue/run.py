@@ -40,7 +40,7 @@ from .distill_trainer import TEACHER_LOGITS, DistillationTrainer, predict_logits
 from .metrics import compute_metrics_fn, majority_baseline
 from .moe_student import distill_moe_student, moe_settings
 from .results import METRICS_FILE, evaluate, parameter_counts, save, write_card
-from .selection import selection_data, selection_record, split_held_out, training_args
+from .selection import selection_data, selection_record, split_held_out, student_training_args, training_args
 from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
 
 logger = logging.getLogger(__name__)
@@ -411,17 +411,7 @@ def distill_student(
         "transfer_copies": cfg.augment_copies,
         "transfer_texts": public_name(cfg.transfer_texts) if cfg.transfer_texts else None,
     }
-    args = training_args(
-        folder / "checkpoints",
-        selection=cfg.selection,
-        epochs=cfg.student_epochs,
-        lr=cfg.student_lr,
-        batch_size=cfg.student_batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        warmup_ratio=0.1,
-        weight_decay=0.0,
-        seed=cfg.seed,
-    )
+    args = student_training_args(cfg, folder)
     trainer = DistillationTrainer(
         model=student,
         args=args,

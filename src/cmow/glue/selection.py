@@ -81,6 +81,21 @@ def training_args(
     )
 
 
+def student_training_args(cfg, folder: Path) -> TrainingArguments:
+    """A student's ``training_args`` from a ``GlueRunConfig``: its schedule, 10% warm-up, checkpoints in ``folder``."""
+    return training_args(
+        folder / "checkpoints",
+        selection=cfg.selection,
+        epochs=cfg.student_epochs,
+        lr=cfg.student_lr,
+        batch_size=cfg.student_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        warmup_ratio=0.1,
+        weight_decay=0.0,
+        seed=cfg.seed,
+    )
+
+
 def selection_record(trainer: Trainer, selection: str, eval_examples: int) -> dict:
     """What ``metrics.json`` records of the selection: method, examples, per-epoch scores and the epoch kept."""
     scores = [
