@@ -22,9 +22,7 @@ from cmow.hub import files_to_upload
 from cmow.modeling_moebert import hash_routes
 from conftest import BATCH, SEQ, WORDS, run_without_cmow
 from hub_server import validate_metadata
-
-HIDDEN, HEADS, INTERMEDIATE, LAYERS, LABELS = 12, 3, 14, 2, 3
-EXPERTS, EXPERT_SIZE, SHARED = 3, 6, 2  # 2 shared + 3 experts x 4 unique = all 14 neurons
+from test_moe import EXPERT_SIZE, EXPERTS, HEADS, HIDDEN, INTERMEDIATE, LABELS, LAYERS, SHARED, dense_teacher
 
 # --- hidden-state loss -----------------------------------------------------------------------------------------------
 
@@ -68,20 +66,8 @@ def test_hidden_state_loss_rejects_a_student_of_another_shape():
 
 
 def tiny_teacher() -> BertForSequenceClassification:
-    """A two-layer BERT on the 99-token vocabulary, without dropout so student and teacher are deterministic."""
-    config = BertConfig(
-        vocab_size=99,
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        max_position_embeddings=17,
-        num_labels=LABELS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.3,
-    )
-    return BertForSequenceClassification(config).eval()
+    """test_moe's two-layer BERT, without dropout so student and teacher are deterministic."""
+    return dense_teacher(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def layerwise_trainer(tiny_tokenizer, tmp_path, student, teacher, distill_weight=5.0):
