@@ -339,6 +339,22 @@ def _tiny_teacher_base(tokenizer, folder):
     return folder
 
 
+def test_a_teacher_base_with_another_label_set_gets_a_fresh_head(shared_data, tokenizer, tmp_path):
+    """A 3-label classifier (an MNLI-like base) fine-tuned on 2-label MRPC: a new head, not a size-mismatch crash."""
+    base = tmp_path / "three-labels"
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=17
+    )
+    BertForSequenceClassification(BertConfig(**config.to_dict(), num_labels=3)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = tmp_path / "runs"
+    args = ["glue", "MRPC", "--teacher-base", str(base), "--teacher-only", "--teacher-epochs", "1"]
+    args += ["--output-dir", str(out), "--glue-dir", str(shared_data / "glue"), "--max-train-samples", "20"]
+    assert cli.main([*args, "--max-eval-samples", "10"]) == 0
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "teacher")
+    assert teacher.config.num_labels == 2 and teacher.classifier.out_features == 2
+
+
 def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
     base = _tiny_teacher_base(tokenizer, tmp_path / "tiny-bert")

@@ -194,8 +194,13 @@ def finetune_teacher(
 
     base = cfg.teacher_base or default_teacher()
     tokenizer = AutoTokenizer.from_pretrained(base)
+    # A base that already has a classifier head for another label set (e.g. an MNLI model for RTE) gets a fresh head
+    # of the task's size, as with the stock run_glue's --ignore_mismatched_sizes; a head of the right size is kept.
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names or ("score",)))
+        base,
+        num_labels=task.num_labels,
+        id2label=dict(enumerate(task.label_names or ("score",))),
+        ignore_mismatched_sizes=True,
     )
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
