@@ -170,9 +170,9 @@ struct Job {
 void work(Job& job) {
     std::string word;
     for (size_t index; (index = job.next_block.fetch_add(1)) < job.blocks.size();) {
-        Block& block = job.blocks[index];
         const size_t first = index * kTextsPerBlock, last = std::min(first + kTextsPerBlock, job.texts.size());
         try {
+            Block block;  // this thread's own, moved in at the end: neighbouring blocks in job.blocks share cache lines
             block.lengths.reserve(last - first);
             for (size_t text = first; text < last; ++text) {
                 const size_t before = block.ids.size();
@@ -180,6 +180,7 @@ void work(Job& job) {
                                       job.model->encode(job.texts[text], job.sizes[text], block.ids, word);
                 block.lengths.push_back(accepted ? static_cast<int32_t>(block.ids.size() - before) : -1);
             }
+            job.blocks[index] = std::move(block);
         } catch (const std::bad_alloc&) {  // the caller raises MemoryError
             job.out_of_memory = true;
         }
@@ -402,8 +403,15 @@ PyType_Slot wordpiece_slots[] = {
 PyType_Spec wordpiece_spec = {"cmow._wordpiece.WordPiece", sizeof(WordPieceObject), 0, Py_TPFLAGS_DEFAULT,
                               wordpiece_slots};
 
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_wordpiece", "CMOW's compiled WordPiece tokenizer (optional).", -1,
-                          nullptr};
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
+                          "_wordpiece",
+                          "CMOW's compiled WordPiece tokenizer (optional).",
+                          -1,
+                          nullptr,   // methods: the WordPiece type has them
+                          nullptr,   // slots
+                          nullptr,   // traverse
+                          nullptr,   // clear
+                          nullptr};  // free
 
 }  // namespace
 
