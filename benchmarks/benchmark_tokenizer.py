@@ -3,7 +3,7 @@
 On the SST-2 dev sentences with the all-MiniLM-L6-v2 tokenizer: tokens per second of the tokenizers alone, and texts
 per second of ``cmow.encode`` end to end (a default ``CMOWModel(CMOWConfig())``, random weights) with the compiled
 tokenizer on and off, at batch 1 and 256. The variants run interleaved in one process, and each rate is the best of
-``--repeats`` passes, so the ratios hold on a machine that other jobs share.
+``--repeats`` rounds, so the ratios hold on a machine that other jobs share.
 
     python benchmarks/benchmark_tokenizer.py --data-dir ../shared/data
 """
@@ -40,14 +40,17 @@ def wordpiece_hidden():
             sys.modules[WORDPIECE_MODULE] = module
 
 
-def best_seconds(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Each variant's best time over ``repeats`` rounds; every round runs all variants, one after another."""
+def best_seconds(variants: dict[str, Callable[[], object]], repeats: int, round_seconds: float) -> dict[str, float]:
+    """Each variant's best mean time per call over ``repeats`` rounds of at least ``round_seconds``; every round
+    runs all variants, one after another, so a busy spell slows them all alike."""
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):
         for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < round_seconds or calls == 0:
+                run()
+                calls += 1
+            best[name] = min(best[name], elapsed / calls)
     return best
 
 
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="the shared data folder (default: $CMOW_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=2, help="torch, tokenizers and compiled-tokenizer threads")
     parser.add_argument("--repeats", type=int, default=7, help="rounds; each variant's best round counts")
+    parser.add_argument("--round-seconds", type=float, default=0.3, help="each variant's time in each round")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     args = parser.parse_args()
 
@@ -72,7 +76,8 @@ def main() -> None:
     tokens = sum(map(len, reference))
     declined = sum(row is None for row in native.encode(texts, 1))
     print(f"{len(texts)} SST-2 dev sentences, {tokens / len(texts):.1f} tokens each, {declined} left to the backend")
-    print(f"{args.threads} threads, best of {args.repeats} interleaved rounds\n")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"{args.threads} threads, best of {args.repeats} interleaved rounds; load average at the start {load}\n")
 
     print("| tokenizer | batch | tokens/s | us per text | x backend |")
     print("|---|---|---|---|---|")
@@ -96,14 +101,15 @@ def main() -> None:
                 _backend_ids(backend, b) for b in batches
             ],
         }
-        seconds = best_seconds(variants, args.repeats)
+        seconds = best_seconds(variants, args.repeats, args.round_seconds)
         base = seconds["backend.encode_batch_fast"]
         for name, time_taken in seconds.items():
             rate, per_text = tokens / time_taken, time_taken / len(texts) * 1e6
             print(f"| {name} | {batch_size} | {rate:,.0f} | {per_text:.2f} | {base / time_taken:.1f} |")
 
     threads = {f"{n} thread{'s' * (n > 1)}": n for n in sorted({1, args.threads})}
-    seconds = best_seconds({name: lambda n=n: native.encode(texts, n) for name, n in threads.items()}, args.repeats)
+    one_call = {name: lambda n=n: native.encode(texts, n) for name, n in threads.items()}
+    seconds = best_seconds(one_call, args.repeats, args.round_seconds)
     per_text = ", ".join(f"{name} {time_taken / len(texts) * 1e6:.2f} us" for name, time_taken in seconds.items())
     print(f"\nCompiled tokenizer, all {len(texts)} texts in one call (as in encode's chunks): {per_text} per text\n")
 
@@ -124,7 +130,7 @@ def main() -> None:
             with wordpiece_hidden():
                 run_all()
 
-        seconds = best_seconds({"on": run_all, "off": run_all_off}, args.repeats)
+        seconds = best_seconds({"on": run_all, "off": run_all_off}, args.repeats, args.round_seconds)
         on, off = len(texts) / seconds["on"], len(texts) / seconds["off"]
         print(f"| end to end | {batch_size} | {on:,.0f} | {off:,.0f} | {on / off:.2f} |")
 
