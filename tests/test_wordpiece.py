@@ -270,3 +270,28 @@ def test_the_switched_off_extension_is_not_loaded():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "not loaded" in result.stdout, result.stderr[-3000:]
     assert "compiled" not in result.stderr, "switched off on purpose: no warning"
+
+
+NOT_BUILT_CHECK = """
+import importlib.abc, logging, sys
+
+class NoTokenizer(importlib.abc.MetaPathFinder):  # as if the compiler had failed at install time
+    def find_spec(self, name, path=None, target=None):
+        if name == "cmow._wordpiece":
+            raise ImportError("not built")
+
+sys.meta_path.insert(0, NoTokenizer())
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from transformers import BertTokenizer
+import cmow
+from cmow.encode import _token_ids
+tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])})
+assert _token_ids(tokenizer, ["a b", "A"]) == [[2, 4, 1, 3], [2, 4, 3]]
+print("backend OK")
+"""
+
+
+def test_without_the_built_tokenizer_cmow_warns_once_and_tokenizes_with_the_backend():
+    result = subprocess.run([sys.executable, "-c", NOT_BUILT_CHECK], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "backend OK" in result.stdout, result.stderr[-3000:]
+    assert result.stderr.count("compiled tokenizer is not available") == 1, result.stderr[-3000:]
