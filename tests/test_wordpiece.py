@@ -53,6 +53,12 @@ ADVERSARIAL = (
         "emoji \U0001f600 \U0001f44d\U0001f3fd",
         "non\u00a0breaking\u2003spaces\u200bzero width",
         "\u00c9COLE \u00c5ngstr\u00f6m \u0130stanbul \u00df",
+        "\u201cCurly,\u201d she said \u2014 \u2018quoted\u2019 \u2013 it\u2019s",
+        "\u00abguillemets\u00bb \u00bfno? \u00a1s\u00ed!",
+        "\u2026 \u00b7 \u00a7 \u00b6 \u2020 \u2021 \u2030 \u203b \u3001 \u3002 \u300c \u300d \u30fb \uff01 \uff08",
+        "\u00abGuillemets\u00bb and \u201cquotes\u201d only",
+        "Punctuation\u2014without\u2014spaces\u2026and\u2019apostrophes",
+        "Greek question mark\u037e and ano teleia\u0387 decompose to ; and \u00b7",
     ]
     + [f"x{c}y {c} word{c} {c}word" for c in PRINTABLE + CONTROLS]
     + [f"ab{c}cd" for c in CONTROLS]
@@ -109,7 +115,7 @@ def test_glue_sentences_get_the_backends_ids(tokenizer, glue_texts):
 
 def test_corpus_paragraphs_get_the_backends_ids(tokenizer, paragraphs):
     answer = assert_same_ids(tokenizer, paragraphs)
-    assert accepted(answer) > 0.5
+    assert accepted(answer) > 0.85, "curly quotes and dashes are compiled too; accents and brackets are not"
 
 
 def test_adversarial_texts_get_the_backends_ids(tokenizer):
@@ -121,6 +127,11 @@ def test_adversarial_texts_get_the_backends_ids(tokenizer):
     for declined in ("The [MASK] sat on the mat.", "".join(PRINTABLE), "caf\u00e9 na\u00efve r\u00e9sum\u00e9"):
         assert by_text[declined] is None, f"{declined!r} is for the backend"
     assert None not in (by_text["!!!???...,,,;;;:::"], by_text["tabs\tand\nnewlines\rand\r\ncrlf"], by_text["a" * 100])
+    for punctuated in (
+        "\u00abGuillemets\u00bb and \u201cquotes\u201d only",
+        "\u201cCurly,\u201d she said \u2014 \u2018quoted\u2019 \u2013 it\u2019s",
+    ):
+        assert by_text[punctuated] is not None, "curly quotes and dashes are compiled"
 
 
 def test_mixed_batches_keep_their_order(tokenizer):
@@ -201,6 +212,7 @@ def test_added_tokens_rebuild_the_compiled_tokenizer(teacher_path):
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)  # its own copy: tokens are added to it
     texts = ["helloworld and hello there", "Foobar FOO foo", "Quxbar qux", "a <ent> b", "nothing special", "cmowxyz"]
+    texts += ["a \u00abtag\u00bb b \u00abzap\u00bb", "\u201cquoted\u201d"]  # no first character of the others
     texts += ADVERSARIAL
     first = compiled_wordpiece(tokenizer, tokenizer.backend_tokenizer)
     assert_same_ids(tokenizer, texts)
@@ -210,9 +222,11 @@ def test_added_tokens_rebuild_the_compiled_tokenizer(teacher_path):
     assert _token_ids(tokenizer, ["helloworld"])[0][1] == tokenizer.convert_tokens_to_ids("hello")
     # matched in the normalised text ("foo", also in "FOO") and in the raw text only ("Qux", not "qux")
     tokenizer.add_tokens(["cmowxyz", AddedToken("Foo", normalized=True), AddedToken("Qux", normalized=False)])
+    tokenizer.add_tokens(["\u00abtag\u00bb"])  # starts with punctuation the compiled code takes otherwise
     tokenizer.add_special_tokens({"additional_special_tokens": ["<ent>"]})
     answer = assert_same_ids(tokenizer, texts)
     assert answer[-len(ADVERSARIAL) :].count(None) < len(ADVERSARIAL), "texts without added tokens stay compiled"
+    assert answer[7] is not None, "\u201c is no added token's first character"
 
 
 def test_a_trained_student_vocabulary_gets_the_backends_ids(tokenizer, glue_texts):

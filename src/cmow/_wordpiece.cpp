@@ -1,17 +1,19 @@
-// cmow._wordpiece: BERT's WordPiece tokenization of ASCII texts, in one call per batch (optional; see setup.py).
+// cmow._wordpiece: BERT WordPiece tokenization of (mostly ASCII) texts in one call per batch (optional; see setup.py).
 //
 // It gives exactly the ids the Rust `tokenizers` backend gives for a BertNormalizer + BertPreTokenizer + WordPiece
 // pipeline with special tokens added and no truncation or padding, but only for the texts it is sure about: texts of
-// ASCII characters with none of the `declined` ones (the first characters of the backend's added tokens, which the
-// backend matches before the model sees the text). Any other text is declined (None), and the caller tokenizes it
-// with the backend. encode.py builds it from the backend's JSON (`compiled_wordpiece`); call it only through there.
+// ASCII characters and of the non-ASCII `punctuation` characters, with none of the `declined` ones (the first
+// characters of the backend's added tokens, which the backend matches before the model sees the text). Any other text
+// is declined (None), and the caller tokenizes it with the backend. encode.py builds it from the backend's JSON and
+// chooses `punctuation` (characters the backend's normalizer leaves alone and its pre-tokenizer isolates, such as
+// curly quotes and dashes) in `compiled_wordpiece`; call it only through there.
 //
 // The pipeline on ASCII: the normalizer removes control characters (clean_text; without it they are declined) and
 // lowercases A-Z (lowercase); the pre-tokenizer splits at whitespace (dropped) and around punctuation (every other
-// printable non-alphanumeric character is a word of its own); the model replaces a word longer than
-// `max_chars` by the unknown token, else splits it into the longest vocabulary entries from the left (after the
-// first, entries spelled with the continuing-subword prefix), or the unknown token if some rest has no entry; the
-// template puts `head` before the ids and `tail` after them.
+// printable non-alphanumeric character, and each of `punctuation`, is a word of its own); the model replaces a word
+// longer than `max_chars` by the unknown token, else splits it into the longest vocabulary entries from the left
+// (after the first, entries spelled with the continuing-subword prefix), or the unknown token if some rest has no
+// entry; the template puts `head` before the ids and `tail` after them.
 //
 // Speed: the vocabulary is two open-addressing hash tables (word-initial entries, and continuations without their
 // prefix); the GIL is released while texts are tokenized, in blocks shared among threads when the batch is large.
@@ -27,6 +29,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -94,6 +97,7 @@ struct Model {
     std::vector<int32_t> head, tail;
     CharClass classes[128];
     char lower[128];
+    std::unordered_map<uint32_t, int32_t> punctuation;  // non-ASCII characters that are words of their own: their id
 
     // Appends the ids of `word` (normalised, non-empty).
     void wordpiece(const char* word, size_t size, std::vector<int32_t>& out) const {
@@ -118,14 +122,27 @@ struct Model {
         }
     }
 
-    // Appends the ids of `text`, or returns false (and appends nothing) when it is declined.
-    bool encode(const char* text, size_t size, std::vector<int32_t>& out, std::string& word) const {
+    // Appends the ids of `text` (`length` characters of one of Python's str kinds), or returns false (and appends
+    // nothing) when it is declined.
+    template <class Char>
+    bool encode(const Char* text, size_t length, std::vector<int32_t>& out, std::string& word) const {
         const size_t mark = out.size();
         out.insert(out.end(), head.begin(), head.end());
         word.clear();
-        for (size_t i = 0; i < size; ++i) {
-            const unsigned char c = static_cast<unsigned char>(text[i]);
-            switch (c < 128 ? classes[c] : kDeclined) {
+        for (size_t i = 0; i < length; ++i) {
+            const uint32_t c = text[i];
+            if (c >= 128) {
+                const auto found = punctuation.find(c);
+                if (found == punctuation.end()) {
+                    out.resize(mark);
+                    return false;
+                }
+                if (!word.empty()) wordpiece(word.data(), word.size(), out);
+                word.clear();
+                out.push_back(found->second);
+                continue;
+            }
+            switch (classes[c]) {
                 case kDeclined:
                     out.resize(mark);
                     return false;
@@ -152,6 +169,26 @@ struct Model {
     }
 };
 
+// One text: the characters of a Python str, which holds them in 1, 2 or 4 bytes each (its "kind").
+struct Text {
+    const void* data = nullptr;  // nullptr: not a text to tokenize
+    int kind = 0;
+    size_t length = 0;
+
+    bool encode(const Model& model, std::vector<int32_t>& out, std::string& word) const {
+        switch (kind) {
+            case PyUnicode_1BYTE_KIND:
+                return model.encode(static_cast<const Py_UCS1*>(data), length, out, word);
+            case PyUnicode_2BYTE_KIND:
+                return model.encode(static_cast<const Py_UCS2*>(data), length, out, word);
+            case PyUnicode_4BYTE_KIND:
+                return model.encode(static_cast<const Py_UCS4*>(data), length, out, word);
+            default:
+                return false;
+        }
+    }
+};
+
 struct Block {
     std::vector<int32_t> ids;      // the block's accepted texts' ids, one after another
     std::vector<int32_t> lengths;  // per text: its number of ids, or -1 when declined
@@ -159,8 +196,7 @@ struct Block {
 
 struct Job {
     const Model* model;
-    std::vector<const char*> texts;  // nullptr: declined before tokenizing (not ASCII)
-    std::vector<Py_ssize_t> sizes;
+    std::vector<Text> texts;
     std::vector<Block> blocks;
     std::atomic<size_t> next_block{0};
     std::atomic<size_t> done_blocks{0};
@@ -172,12 +208,11 @@ void work(Job& job) {
     for (size_t index; (index = job.next_block.fetch_add(1)) < job.blocks.size();) {
         const size_t first = index * kTextsPerBlock, last = std::min(first + kTextsPerBlock, job.texts.size());
         try {
-            Block block;  // this thread's own, moved in at the end: neighbouring blocks in job.blocks share cache lines
+            Block block;  // this thread's own, moved in at the end: neighbouring blocks share cache lines
             block.lengths.reserve(last - first);
             for (size_t text = first; text < last; ++text) {
                 const size_t before = block.ids.size();
-                const bool accepted = job.texts[text] != nullptr &&
-                                      job.model->encode(job.texts[text], job.sizes[text], block.ids, word);
+                const bool accepted = job.texts[text].encode(*job.model, block.ids, word);
                 block.lengths.push_back(accepted ? static_cast<int32_t>(block.ids.size() - before) : -1);
             }
             job.blocks[index] = std::move(block);
@@ -229,6 +264,7 @@ bool id_list(PyObject* sequence, std::vector<int32_t>& out) {
 int init(PyObject* self_object, PyObject* args, PyObject*) {
     auto* self = reinterpret_cast<WordPieceObject*>(self_object);
     PyObject *vocab, *head, *tail;
+    PyObject* punctuation;
     const char *prefix, *declined;
     Py_ssize_t prefix_size, declined_size, max_chars;
     int unk, lowercase, clean_text;
@@ -236,8 +272,8 @@ int init(PyObject* self_object, PyObject* args, PyObject*) {
         PyErr_SetString(PyExc_RuntimeError, "a WordPiece tokenizer cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "O!is#nppOOs#", &PyDict_Type, &vocab, &unk, &prefix, &prefix_size, &max_chars,
-                          &lowercase, &clean_text, &head, &tail, &declined, &declined_size))
+    if (!PyArg_ParseTuple(args, "O!is#nppOOs#U", &PyDict_Type, &vocab, &unk, &prefix, &prefix_size, &max_chars,
+                          &lowercase, &clean_text, &head, &tail, &declined, &declined_size, &punctuation))
         return -1;
     auto model = std::make_unique<Model>();
     model->unk = unk;
@@ -257,7 +293,8 @@ int init(PyObject* self_object, PyObject* args, PyObject*) {
         }
         words.emplace_back(std::string(spelling, size), static_cast<int32_t>(id));
         if (size >= prefix_size && std::memcmp(spelling, prefix, prefix_size) == 0)
-            continuations.emplace_back(std::string(spelling + prefix_size, size - prefix_size), static_cast<int32_t>(id));
+            continuations.emplace_back(std::string(spelling + prefix_size, size - prefix_size),
+                                       static_cast<int32_t>(id));
         largest = std::max(largest, static_cast<int32_t>(id));
     }
     for (int32_t id : model->head) largest = std::max(largest, id);
@@ -283,6 +320,20 @@ int init(PyObject* self_object, PyObject* args, PyObject*) {
     for (Py_ssize_t i = 0; i < declined_size; ++i) {
         const unsigned char c = static_cast<unsigned char>(declined[i]);
         if (c < 128) model->classes[c] = kDeclined;
+    }
+    for (Py_ssize_t i = 0; i < PyUnicode_GET_LENGTH(punctuation); ++i) {  // a word of one character: itself or [UNK]
+        const Py_UCS4 c = PyUnicode_READ_CHAR(punctuation, i);
+        if (c < 128) continue;
+        PyObject* character = PyUnicode_FromOrdinal(static_cast<int>(c));
+        Py_ssize_t size;
+        const char* spelling = character ? PyUnicode_AsUTF8AndSize(character, &size) : nullptr;
+        if (spelling == nullptr) {
+            Py_XDECREF(character);
+            return -1;
+        }
+        const int32_t id = model->max_chars >= 1 ? model->words.find(spelling, size) : -1;
+        model->punctuation[c] = id >= 0 ? id : unk;
+        Py_DECREF(character);
     }
     auto numbers = std::make_unique<std::vector<PyObject*>>();
     numbers->reserve(static_cast<size_t>(largest) + 1);
@@ -325,7 +376,6 @@ PyObject* encode(PyObject* self_object, PyObject* args) {
     auto job = std::make_shared<Job>();
     job->model = self->model;
     job->texts.resize(count);
-    job->sizes.resize(count);
     Py_ssize_t bytes = 0;
     for (Py_ssize_t i = 0; i < count; ++i) {
         PyObject* text = PyTuple_GET_ITEM(owned, i);
@@ -340,10 +390,11 @@ PyObject* encode(PyObject* self_object, PyObject* args) {
             return nullptr;
         }
 #endif
-        if (!PyUnicode_IS_ASCII(text)) continue;  // declined: the backend tokenizes it
-        job->texts[i] = static_cast<const char*>(PyUnicode_DATA(text));
-        job->sizes[i] = PyUnicode_GET_LENGTH(text);
-        bytes += job->sizes[i];
+        Text& entry = job->texts[i];
+        entry.data = PyUnicode_DATA(text);
+        entry.kind = PyUnicode_KIND(text);
+        entry.length = static_cast<size_t>(PyUnicode_GET_LENGTH(text));
+        bytes += PyUnicode_GET_LENGTH(text);
     }
     job->blocks.resize((count + kTextsPerBlock - 1) / kTextsPerBlock);
     Py_BEGIN_ALLOW_THREADS
@@ -384,15 +435,17 @@ PyObject* encode(PyObject* self_object, PyObject* args) {
 PyMethodDef wordpiece_methods[] = {
     {"encode", encode, METH_VARARGS,
      "encode(texts, threads): per text, its token ids with the template's special tokens, or None where the text is "
-     "declined (not ASCII, or holds a declined character); up to `threads` threads for a large batch."},
+     "declined (it holds a character that is neither ASCII nor in `punctuation`, or a declined one); up to `threads` "
+     "threads for a large batch."},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot wordpiece_slots[] = {
     {Py_tp_doc,
      const_cast<char*>(
-         "WordPiece(vocab, unk_id, prefix, max_chars, lowercase, clean_text, head, tail, declined): a BERT WordPiece "
-         "tokenizer for ASCII texts. Private: encode.py builds it from a tokenizers backend (compiled_wordpiece).")},
+         "WordPiece(vocab, unk_id, prefix, max_chars, lowercase, clean_text, head, tail, declined, punctuation): a "
+         "BERT WordPiece tokenizer for ASCII texts (and `punctuation`). Private: encode.py builds it from a "
+         "tokenizers backend (compiled_wordpiece).")},
     {Py_tp_init, reinterpret_cast<void*>(init)},
     {Py_tp_new, reinterpret_cast<void*>(PyType_GenericNew)},
     {Py_tp_dealloc, reinterpret_cast<void*>(dealloc)},

@@ -4,8 +4,8 @@ files that make sentence-transformers compute the same vector.
 The fast path tokenizes with the Rust ``tokenizers`` backend in one parallel call per chunk of texts, without padding
 or truncation, sorts the texts by token count and builds each batch's padded id tensor itself, so padding stays
 minimal and the tokenizer's per-call overhead is paid once per chunk rather than once per batch. For a BERT-style
-WordPiece tokenizer, the compiled ``cmow._wordpiece`` tokenizes the ASCII texts instead, with the same ids
-(``compiled_wordpiece``).
+WordPiece tokenizer, the compiled ``cmow._wordpiece`` tokenizes the ASCII texts (punctuation such as curly quotes
+allowed) instead, with the same ids (``compiled_wordpiece``).
 
 This file is shipped as remote code next to saved checkpoints (``modeling_cmow.py`` imports it, so ``model.encode``
 works without this package): it imports only numpy, torch and transformers.
@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sys
+import unicodedata
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +55,9 @@ def compiled_wordpiece(tokenizer: PreTrainedTokenizerBase, backend):
     It applies when ``cmow._wordpiece`` is loaded and the backend is a BERT pipeline: ``BertNormalizer``,
     ``BertPreTokenizer``, ``WordPiece`` and a ``TemplateProcessing`` or ``BertProcessing`` post-processor. It is
     built once per tokenizer and rebuilt after tokens are added. Its ``encode(texts, threads)`` declines (``None``)
-    every text that is not ASCII or holds the first character of an added token (the backend matches those before
-    its normalizer), so the caller tokenizes those with the backend (tests/test_wordpiece.py checks both agree).
+    every text with a character that is neither ASCII nor punctuation the backend isolates unchanged (accents, CJK,
+    emoji) or that is the first character of an added token (the backend matches those before its normalizer), so
+    the caller tokenizes those with the backend (tests/test_wordpiece.py checks both agree).
     """
     module = sys.modules.get(WORDPIECE_MODULE)
     if module is None:
@@ -93,6 +95,16 @@ def _wordpiece_from(module, backend):
         firsts.update(form[0] for form in forms)
     ascii_characters = map(chr, range(128))
     declined = "".join(c for c in ascii_characters if c in firsts or backend.normalizer.normalize_str(c)[:1] in firsts)
+    # Non-ASCII punctuation (curly quotes, dashes, ...) that the normalizer leaves as it is and the pre-tokenizer
+    # isolates is a word of its own in any text of such characters and ASCII: the compiled code takes those texts too.
+    punctuation = "".join(
+        c
+        for c in map(chr, range(128, 0x10000))
+        if unicodedata.category(c).startswith("P")
+        and c not in firsts
+        and backend.normalizer.normalize_str(c) == c
+        and [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(f"a{c}b")] == ["a", c, "b"]
+    )
     return module.WordPiece(
         model["vocab"],
         model["vocab"][model["unk_token"]],
@@ -102,6 +114,7 @@ def _wordpiece_from(module, backend):
         normalizer["clean_text"],
         *specials,
         declined,
+        punctuation,
     )
 
 
