@@ -11,6 +11,8 @@ tokenizer on and off, at batch 1 and 256. The variants run interleaved in one pr
 import argparse
 import contextlib
 import csv
+import gzip
+import itertools
 import os
 import sys
 import time
@@ -27,6 +29,12 @@ from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, _unpadded, c
 def sst2_dev(folder) -> list[str]:
     with open(folder / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as handle:
         return [row[0] for row in list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+
+
+def corpus_paragraphs(folder, count: int = 3000) -> list[str]:
+    """Every 50th line of the Gutenberg corpus: paragraphs from all over it."""
+    with gzip.open(folder / "corpus" / "gutenberg_train_50MB.txt.gz", "rt", encoding="utf-8") as lines:
+        return list(itertools.islice(lines, 0, 50 * count, 50))
 
 
 @contextlib.contextmanager
@@ -65,7 +73,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # the Rust tokenizer's pool starts on first use
-    texts = sst2_dev(data_dir(args.data_dir))
+    folder = data_dir(args.data_dir)
+    texts = sst2_dev(folder)
     tokenizer = AutoTokenizer.from_pretrained(default_teacher())
     backend = tokenizer.backend_tokenizer
     native = compiled_wordpiece(tokenizer, backend)
@@ -76,6 +85,9 @@ def main() -> None:
     tokens = sum(map(len, reference))
     declined = sum(row is None for row in native.encode(texts, 1))
     print(f"{len(texts)} SST-2 dev sentences, {tokens / len(texts):.1f} tokens each, {declined} left to the backend")
+    paragraphs = corpus_paragraphs(folder)
+    left = sum(row is None for row in native.encode(paragraphs, 1))
+    print(f"{len(paragraphs)} Gutenberg paragraphs: {left} ({left / len(paragraphs):.0%}) left to the backend")
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{args.threads} threads, best of {args.repeats} interleaved rounds; load average at the start {load}\n")
 
