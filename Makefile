@@ -7,7 +7,7 @@ export CMOW_DATA_DIR
 
 .PHONY: setup quickstart test lint
 
-$(BIN)/cmow: pyproject.toml setup.py src/cmow/_kernel.cpp  # pip install -e . also compiles the kernel
+$(BIN)/cmow: pyproject.toml setup.py src/cmow/_kernel.cpp src/cmow/_wordpiece.cpp  # pip install -e . compiles them
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -40,7 +40,7 @@ from transformers import (
 
 from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, encode
 from cmow.data import data_dir, default_teacher
-from cmow.encode import _token_ids, pad_batch
+from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, pad_batch
 from cmow.modeling_cmow import KERNEL_MODULE, normalize_product
 
 MODEL2VEC_CACHE = Path.home() / ".cache" / "cmow" / "model2vec-all-minilm-l6-v2"
@@ -118,6 +118,11 @@ def transformer_tokenize(tokenizer, max_length: int = 512):
 
 def cmow_tokenize(tokenizer, pad_token_id: int):
     return lambda texts: pad_batch(_token_ids(tokenizer, texts), pad_token_id)
+
+
+def backend_tokenize(tokenizer, pad_token_id: int):
+    """The cmow path with the Rust backend alone (no compiled WordPiece tokenizer)."""
+    return lambda texts: pad_batch(_backend_ids(tokenizer.backend_tokenizer, texts), pad_token_id)
 
 
 def plain_forward(model, tokenizer):
@@ -332,6 +337,7 @@ def main() -> None:
     tokenize_only = {
         "transformers tokenizer call": transformer_tokenize(tokenizer),
         "fast tokenizer (cmow path)": cmow_tokenize(tokenizer, 0),
+        "fast tokenizer (HF backend alone)": backend_tokenize(tokenizer, 0),
     }
 
     results = {}
@@ -395,6 +401,8 @@ def report(args, datasets, results, memory, sizes, encoder_rate) -> None:
     kernel = sys.modules.get(KERNEL_MODULE)
     built = f"built, {kernel.isa} code" if kernel is not None else "NOT built: both CMOW rows run the torch path"
     print(f"\nCompiled kernel (cmow._kernel): {built}.")
+    wordpiece = "built" if WORDPIECE_MODULE in sys.modules else "NOT built: the cmow path tokenizes with the backend"
+    print(f"Compiled tokenizer ({WORDPIECE_MODULE}): {wordpiece}.")
     per = "CPU second of this process" if args.cpu_time else "second"
     print(f"\n## Throughput (texts per {per}; tokens/s = texts/s x mean tokens), {args.threads} threads\n")
     for dataset in datasets:

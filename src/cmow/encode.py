@@ -3,7 +3,9 @@ files that make sentence-transformers compute the same vector.
 
 The fast path tokenizes with the Rust ``tokenizers`` backend in one parallel call per chunk of texts, without padding
 or truncation, sorts the texts by token count and builds each batch's padded id tensor itself, so padding stays
-minimal and the tokenizer's per-call overhead is paid once per chunk rather than once per batch.
+minimal and the tokenizer's per-call overhead is paid once per chunk rather than once per batch. For a BERT-style
+WordPiece tokenizer, the compiled ``cmow._wordpiece`` tokenizes the ASCII texts (punctuation such as curly quotes
+allowed) instead, with the same ids (``compiled_wordpiece``).
 
 This file is shipped as remote code next to saved checkpoints (``modeling_cmow.py`` imports it, so ``model.encode``
 works without this package): it imports only numpy, torch and transformers.
@@ -12,6 +14,9 @@ works without this package): it imports only numpy, torch and transformers.
 import contextlib
 import json
 import os
+import sys
+import unicodedata
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,11 +42,120 @@ def _unpadded(backend) -> Iterator:
             backend.enable_truncation(**truncation)
 
 
+# The compiled tokenizer is looked up among the imported modules, never imported here: this file must load as remote
+# code with only numpy, torch and transformers installed. `import cmow` imports it when it was built (see setup.py).
+WORDPIECE_MODULE = "cmow._wordpiece"
+_compiled_tokenizers = weakref.WeakKeyDictionary()  # tokenizer -> (backend, its number of added tokens, WordPiece)
+
+
+def compiled_wordpiece(tokenizer: PreTrainedTokenizerBase, backend):
+    """The compiled tokenizer that gives ``backend``'s ids (special tokens added, no truncation or padding) for the
+    texts it accepts, or ``None`` where it does not apply.
+
+    It applies when ``cmow._wordpiece`` is loaded and the backend is a BERT pipeline: ``BertNormalizer``,
+    ``BertPreTokenizer``, ``WordPiece`` and a ``TemplateProcessing`` or ``BertProcessing`` post-processor. It is
+    built once per tokenizer and rebuilt after tokens are added. Its ``encode(texts, threads)`` declines (``None``)
+    every text with a character that is neither ASCII nor punctuation the backend isolates unchanged (accents, CJK,
+    emoji) or that is the first character of an added token (the backend matches those before its normalizer), so
+    the caller tokenizes those with the backend (tests/test_wordpiece.py checks both agree).
+    """
+    module = sys.modules.get(WORDPIECE_MODULE)
+    if module is None:
+        return None
+    added = len(backend.get_added_tokens_decoder())  # grows with every added token, also one already in the vocab
+    cached = _compiled_tokenizers.get(tokenizer)
+    if cached is None or cached[0] is not backend or cached[1] != added:
+        cached = _compiled_tokenizers[tokenizer] = (backend, added, _wordpiece_from(module, backend))
+    return cached[2]
+
+
+def _wordpiece_from(module, backend):
+    """A ``module.WordPiece`` for ``backend``'s pipeline, or ``None`` when it is not one the compiled code equals.
+
+    On ASCII text, BertNormalizer's ``strip_accents`` and ``handle_chinese_chars`` change nothing; ``clean_text`` and
+    ``lowercase`` are passed on.
+    """
+    spec = json.loads(backend.to_str())
+    normalizer, model = spec["normalizer"] or {}, spec["model"]
+    pipeline = (normalizer.get("type"), (spec["pre_tokenizer"] or {}).get("type"), model["type"])
+    specials = _special_ids(spec["post_processor"] or {})
+    if pipeline != ("BertNormalizer", "BertPreTokenizer", "WordPiece") or specials is None:
+        return None
+    if model["unk_token"] not in model["vocab"]:  # the backend fails on an unknown word: leave the error to it
+        return None
+    # Added tokens are matched in the raw text (or, if `normalized`, in the normalised text) before the pre-tokenizer:
+    # texts with a character that is or normalises to the first character of one are declined.
+    firsts = set()
+    for token in spec.get("added_tokens") or []:
+        forms = [token["content"]] + (
+            [backend.normalizer.normalize_str(token["content"])] if token["normalized"] else []
+        )
+        if not all(forms):
+            return None
+        firsts.update(form[0] for form in forms)
+    ascii_characters = map(chr, range(128))
+    declined = "".join(c for c in ascii_characters if c in firsts or backend.normalizer.normalize_str(c)[:1] in firsts)
+    # Non-ASCII punctuation (curly quotes, dashes, ...) that the normalizer leaves as it is and the pre-tokenizer
+    # isolates is a word of its own in any text of such characters and ASCII: the compiled code takes those texts too.
+    punctuation = "".join(
+        c
+        for c in map(chr, range(128, 0x10000))
+        if unicodedata.category(c).startswith("P")
+        and c not in firsts
+        and backend.normalizer.normalize_str(c) == c
+        and [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(f"a{c}b")] == ["a", c, "b"]
+    )
+    return module.WordPiece(
+        model["vocab"],
+        model["vocab"][model["unk_token"]],
+        model["continuing_subword_prefix"],
+        model["max_input_chars_per_word"],
+        normalizer["lowercase"],
+        normalizer["clean_text"],
+        *specials,
+        declined,
+        punctuation,
+    )
+
+
+def _special_ids(post_processor: dict) -> tuple[list[int], list[int]] | None:
+    """The ids a single sequence's post-processing puts before and after its tokens, or ``None`` if unsupported."""
+    if post_processor.get("type") == "BertProcessing":
+        return [post_processor["cls"][1]], [post_processor["sep"][1]]
+    if post_processor.get("type") != "TemplateProcessing":
+        return None
+    pieces = post_processor["single"]
+    if [piece.get("Sequence", {}).get("id") for piece in pieces].count("A") != 1 or len(pieces) != sum(
+        "Sequence" in piece or "SpecialToken" in piece for piece in pieces
+    ):
+        return None
+    ids = [
+        post_processor["special_tokens"][piece["SpecialToken"]["id"]]["ids"] if "SpecialToken" in piece else None
+        for piece in pieces
+    ]
+    middle = ids.index(None)
+    return sum(ids[:middle], []), sum(ids[middle + 1 :], [])
+
+
 def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids with special tokens and no truncation; the Rust backend when the tokenizer has one."""
+    """Token ids with special tokens and no truncation; the compiled tokenizer for the texts it accepts, the Rust
+    backend for the others, when the tokenizer has one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
+    native = compiled_wordpiece(tokenizer, backend)
+    if native is None:
+        return _backend_ids(backend, texts)
+    ids = native.encode(texts, torch.get_num_threads())
+    declined = [index for index, row in enumerate(ids) if row is None]
+    if declined:
+        for index, row in zip(declined, _backend_ids(backend, [texts[index] for index in declined]), strict=True):
+            ids[index] = row
+    return ids
+
+
+def _backend_ids(backend, texts: list[str]) -> list[list[int]]:
+    """Token ids from the Rust backend, with special tokens and no truncation."""
     with _unpadded(backend):
         encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
         return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
