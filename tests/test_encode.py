@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from cmow import CMOWModel, encode
-from cmow.encode import pad_batch
+from cmow.encode import _token_ids, pad_batch
 from conftest import tiny_config
 
 TEXTS = [
@@ -57,6 +57,23 @@ def test_encode_does_not_truncate_and_restores_the_tokenizer_state(model, tokeni
     assert full["input_ids"].shape[1] == 52
     with torch.no_grad():
         torch.testing.assert_close(encoded, model(full["input_ids"]).pooler_output)
+
+
+def test_token_ids_follow_tokens_added_after_the_first_call(teacher_path):
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)  # its own: the session's tokenizer stays as it is
+    backend = tokenizer.backend_tokenizer
+    texts = ["a zorblatt of a film", " ".join(["word"] * 200), "[FILM] of zorblatt"]
+    expected = tokenizer(texts)["input_ids"]  # this call switches the backend's padding and truncation off
+    backend.enable_truncation(max_length=8)  # so that _token_ids uses an unpadded copy of the backend
+    assert _token_ids(tokenizer, texts) == expected
+    tokenizer.add_tokens(["zorblatt"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[FILM]"]})
+    expected = tokenizer(texts)["input_ids"]
+    backend.enable_truncation(max_length=8)
+    ids = _token_ids(tokenizer, texts)
+    assert ids == expected and len(ids[1]) == 202 and backend.truncation["max_length"] == 8
+    assert tokenizer.convert_tokens_to_ids("zorblatt") in ids[0]
+    assert tokenizer.convert_tokens_to_ids("[FILM]") in ids[2]
 
 
 def test_pad_batch_right_pads_with_the_pad_id():

@@ -9,10 +9,9 @@ This file is shipped as remote code next to saved checkpoints (``modeling_cmow.p
 works without this package): it imports only numpy, torch and transformers.
 """
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,29 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
 
-@contextlib.contextmanager
-def _unpadded(backend) -> Iterator:
-    """The backend tokenizer with padding and truncation off, restored afterwards (transformers mutates them too)."""
-    padding, truncation = backend.padding, backend.truncation
-    backend.no_padding()
-    backend.no_truncation()
-    try:
-        yield backend
-    finally:
-        if padding is not None:
-            backend.enable_padding(**padding)
-        if truncation is not None:
-            backend.enable_truncation(**truncation)
+# tokenizer -> (its backend, what the clone was made from, the backend's copy without padding and truncation)
+_UNPADDED_BACKENDS = weakref.WeakKeyDictionary()
+
+
+def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
+    """``backend`` if it neither pads nor truncates, else a copy of it that does neither, made once per tokenizer.
+
+    The copy is remade when the backend changed in what transformers changes after loading: another backend object,
+    added tokens (its size with added tokens) or its post-processor (special tokens around a text). Switching the
+    backend's own padding and truncation off and back on each call, as before, cost more than the switch itself (the
+    Rust call then ran ~15% slower) and was not safe while other threads used the tokenizer.
+    """
+    if backend.padding is None and backend.truncation is None:
+        return backend
+    processor = backend.post_processor
+    key = (backend.get_vocab_size(with_added_tokens=True), processor.__getstate__() if processor is not None else None)
+    cached = _UNPADDED_BACKENDS.get(tokenizer)
+    if cached is None or cached[0] is not backend or cached[1] != key:
+        clone = type(backend).from_str(backend.to_str())  # ~20 ms once
+        clone.no_padding()
+        clone.no_truncation()
+        cached = _UNPADDED_BACKENDS[tokenizer] = (backend, key, clone)
+    return cached[2]
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
@@ -42,9 +51,9 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
-    with _unpadded(backend):
-        encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
-        return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
+    backend = _unpadded(tokenizer, backend)
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
+    return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
 
 
 def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
