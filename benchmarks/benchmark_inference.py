@@ -150,6 +150,7 @@ def loop_cmow(model: CMOWModel, tokenizer):
     encoder = model.encoder
 
     def pooled(input_ids, mask):
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask  # one text: pad_batch gives None
         features = []
         if encoder.cbow_embeddings is not None:
             vectors = encoder.cbow_embeddings(input_ids) * mask[..., None]

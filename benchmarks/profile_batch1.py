@@ -42,7 +42,7 @@ def steps_of_batch1(model, tokenizer, texts: list[str]) -> dict[str, float]:
             t3 = clock()
             input_ids, mask = pad_batch(ids, pad_token_id)
             t4 = clock()
-            _, features = base.encoder(input_ids.to(device), mask.to(device), token_states=False)
+            _, features = base.encoder(input_ids.to(device), mask, token_states=False)  # mask: None for one text
             t5 = clock()
             (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float().cpu()
             t6 = clock()

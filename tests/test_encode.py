@@ -80,6 +80,8 @@ def test_pad_batch_right_pads_with_the_pad_id():
     input_ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_token_id=1)
     assert input_ids.tolist() == [[5, 6, 7], [8, 1, 1], [9, 10, 1]]
     assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    input_ids, mask = pad_batch([[5, 6, 7]], pad_token_id=1)  # one text: nothing padded, no mask
+    assert input_ids.tolist() == [[5, 6, 7]] and input_ids.dtype == torch.int64 and mask is None
 
 
 def test_bad_inputs_raise_clear_errors(model, tokenizer):

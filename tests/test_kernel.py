@@ -146,6 +146,33 @@ def test_the_model_uses_the_kernel_only_for_inference_on_supported_inputs():
         assert compiled_pooled_features(model.double().encoder, input_ids, mask) is None
 
 
+@pytest.mark.parametrize("ngrams", [(), (2,)])
+def test_no_mask_encodes_every_position(ngrams, monkeypatch):
+    model = CMOWModel(tiny_config(ngram_orders=ngrams, ngram_buckets=31)).eval()
+    input_ids = random_ids(3, 7)
+    everywhere = torch.ones_like(input_ids, dtype=torch.bool)
+    compiled, reference = both_paths(model, input_ids, None, monkeypatch)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled, compiled_pooled_features(model.encoder, input_ids, everywhere))
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernel_follows_tables_changed_after_a_call(monkeypatch):
+    model = CMOWModel(tiny_config()).eval()
+    input_ids, mask = ragged_batch()
+    both_paths(model, input_ids, mask, monkeypatch)  # remembers the tables' arguments
+    weight = model.encoder.cmow_embeddings.weight
+    weight.data = weight.data.flip(0).contiguous()  # the same parameter, other storage
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    model.resize_token_embeddings(VOCAB + 6)
+    with torch.no_grad():
+        model.encoder.cmow_bw_embeddings.weight[VOCAB:] = torch.randn(6, model.config.matrix_size**2)
+    input_ids[0, 0] = VOCAB + 5  # a new row: refused unless the kernel knows the new size
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_the_kernel_refuses_token_ids_outside_the_table():
     model = CMOWModel(tiny_config()).eval()
     input_ids = random_ids()

@@ -1,6 +1,6 @@
 // cmow._kernel: the pooled CMOW features of a batch in one call, on the CPU (optional; see setup.py).
 //
-// For each text (a row of token ids with a mask) it writes [cbow; fw - I; bw - I] into one row of a float32 output:
+// For each text (a row of token ids with a mask; no mask: every position counts) it writes [cbow; fw - I; bw - I] into one row of a float32 output:
 // the sum or mean of the CBOW vectors, and for each matrix table the ordered product of the token matrices
 // (backward table: in reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked positions are
 // skipped (the identity); a text with no unmasked position gives zeros. It is the compiled twin of the torch path in
@@ -43,11 +43,8 @@ namespace {
 constexpr int kMaxD = 32;
 constexpr int kMaxStride = 32;            // row stride of the padded working matrices: d rounded up to 8
 constexpr float kNormEps = 1e-20f;        // as _NORM_EPS in modeling_cmow.py
-constexpr int64_t kProductsPerThread = 512;
-#ifndef CMOW_AHEAD
-#define CMOW_AHEAD 2
-#endif
-constexpr int64_t kMatricesAhead = CMOW_AHEAD;  // token matrices requested ahead of their product  // a thread costs tens of microseconds: spawn one per ~100 us of work
+constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseconds: spawn one per ~100 us of work
+constexpr int64_t kMatricesAhead = 2;         // token matrices requested ahead of their product
 
 enum Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
@@ -55,7 +52,7 @@ struct Job {
     float* out;
     int64_t out_stride;
     const int64_t* ids;
-    const uint8_t* mask;
+    const uint8_t* mask;  // null: no position is masked
     int64_t batch, seq;
     int d;
     const void* tables[2];  // forward, backward (either may be null)
@@ -347,7 +344,7 @@ void chain(const Job& job, const void* table, bool reverse, const int64_t* ids, 
         const int64_t position = position_of(step);
         if (step + kMatricesAhead < job.seq)
             prefetch(table, job.matrix_dtype, ids[position_of(step + kMatricesAhead)] * matrix, matrix);
-        if (!mask[position]) continue;
+        if (mask != nullptr && !mask[position]) continue;
         load_matrix<Ops>(job, table, ids[position], work.matrix(top), work);
         work.scale[top] = 1.0f;  // a token's matrix enters unscaled: products of two stay far from overflow
         work.level[top] = 0;
@@ -371,14 +368,14 @@ void chain(const Job& job, const void* table, bool reverse, const int64_t* ids, 
 template <class Ops>
 void encode_row(const Job& job, int64_t row, Workspace& work) {
     const int64_t* ids = job.ids + row * job.seq;
-    const uint8_t* mask = job.mask + row * job.seq;
+    const uint8_t* mask = job.mask != nullptr ? job.mask + row * job.seq : nullptr;
     float* out = job.out + row * job.out_stride;
     if (row + 1 < job.batch) {  // the next text's rows, while this one is encoded
         const int64_t* next_ids = ids + job.seq;
-        const uint8_t* next_mask = mask + job.seq;
+        const uint8_t* next_mask = mask != nullptr ? mask + job.seq : nullptr;
         const int64_t matrix = static_cast<int64_t>(job.d) * job.d;
         for (int64_t position = 0; position < job.seq; ++position) {
-            if (!next_mask[position]) continue;
+            if (next_mask != nullptr && !next_mask[position]) continue;
             if (job.cbow) prefetch(job.cbow, job.cbow_dtype, next_ids[position] * job.cbow_size, job.cbow_size);
             for (int t = 0; t < 2; ++t)
                 if (job.tables[t]) prefetch(job.tables[t], job.matrix_dtype, next_ids[position] * matrix, matrix);
@@ -393,7 +390,7 @@ void encode_row(const Job& job, int64_t row, Workspace& work) {
         for (int64_t position = 0; position < job.seq; ++position) {
             if (position + kAhead < job.seq)
                 prefetch(job.cbow, job.cbow_dtype, ids[position + kAhead] * job.cbow_size, job.cbow_size);
-            if (!mask[position]) continue;
+            if (mask != nullptr && !mask[position]) continue;
             Ops::accumulate(job.cbow, job.cbow_dtype, ids[position] * job.cbow_size, job.cbow_size, out);
             ++count;
         }
@@ -530,7 +527,7 @@ PyMethodDef methods[] = {
     {"pooled", pooled, METH_VARARGS,
      "pooled(out, out_stride, ids, mask, batch, seq, vocab, d, forward, backward, matrix_dtype, cbow, cbow_size, "
      "cbow_dtype, cbow_mean, threads): the pooled [cbow; fw - I; bw - I] features of a batch, written into `out`. "
-     "Arguments named after tensors are their data pointers (0: no such table); dtypes: 0 float32, 1 float16, "
+     "Arguments named after tensors are their data pointers (0: no such table; no mask: every position counts); dtypes: 0 float32, 1 float16, "
      "2 bfloat16. Private: call it through cmow.modeling_cmow.compiled_pooled_features, which checks them."},
     {"set_isa", set_isa, METH_O, "set_isa(name): use 'avx2' or 'generic' code from now on (for tests)."},
     {nullptr, nullptr, 0, nullptr},

@@ -56,11 +56,11 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
 
 
-def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(batch, longest)`` id and boolean mask tensors from lists of token ids."""
-    if len(ids) == 1:  # one text (batch 1): no padding, and fewer calls than the general path
-        input_ids = torch.tensor(ids, dtype=torch.int64)
-        return input_ids, torch.ones(input_ids.shape, dtype=torch.bool)
+def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-padded ``(batch, longest)`` id and boolean mask tensors from lists of token ids; the mask is ``None``
+    for one text (nothing is padded: the encoder reads every position)."""
+    if len(ids) == 1:  # batch 1: numpy converts a list of ints 3x faster than torch.tensor
+        return torch.from_numpy(np.array(ids, dtype=np.int64)), None
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     mask = np.arange(lengths.max()) < lengths[:, None]  # (batch, longest)
     input_ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
@@ -162,7 +162,8 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-            _, features = base.encoder(input_ids.to(device), mask.to(device), token_states=False)  # (rows, hidden)
+            mask = None if mask is None else mask.to(device)
+            _, features = base.encoder(input_ids.to(device), mask, token_states=False)  # (rows, hidden)
             vectors = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float().cpu()
             if len(rows) == len(texts) and rows == sorted(rows):  # one batch, in input order (one text): as it is
                 return vectors
