@@ -1,8 +1,9 @@
 """Where the CMOW encoder spends its time: torch.profiler over pre-tokenized SST-2 dev batches (length-sorted, 256).
 
-Prints microseconds per sentence for tokenizing and for the encoder, then the profiler's table of ops by self time.
-With the compiled kernel the encoder is one call that the profiler does not see inside; ``--no-kernel`` profiles the
-torch path.
+Prints microseconds per sentence for tokenizing and for the encoder, the encoder on each code path of the compiled
+kernel (portable, AVX2, AVX-512: those the CPU runs, passes interleaved), then the profiler's table of ops by self
+time. With the compiled kernel the encoder is one call that the profiler does not see inside; ``--no-kernel``
+profiles the torch path.
 
     python benchmarks/profile_encoder.py --data-dir ../shared/data --threads 2 [--no-kernel]
 """
@@ -53,6 +54,23 @@ def main() -> None:
         for name, run in (("tokenize", tokenize), ("encoder", run_encoder)):
             seconds = min(timeit.repeat(run, number=1, repeat=7))
             print(f"{name}: {seconds / len(texts) * 1e6:.1f} us per sentence (best of 7 passes)")
+        kernel = sys.modules.get(KERNEL_MODULE)
+        if kernel is not None and len(kernel.isas) > 1:  # the kernel's code for each ISA, passes interleaved
+            best, seconds = kernel.isa, {isa: [] for isa in kernel.isas}
+            try:
+                for _ in range(7):
+                    for isa, passes in seconds.items():
+                        kernel.set_isa(isa)
+                        passes.append(timeit.timeit(run_encoder, number=1))
+            finally:
+                kernel.set_isa(best)
+            print(
+                "encoder by the kernel's code, us per sentence (best of 7 interleaved passes): "
+                + ", ".join(
+                    f"{isa} {min(passes) / len(texts) * 1e6:.1f} ({min(passes) / min(seconds[best]):.2f}x {best})"
+                    for isa, passes in seconds.items()
+                )
+            )
         with profile() as profiler:
             for _ in range(5):
                 run_encoder()
