@@ -114,14 +114,14 @@ def encode(
         raise ValueError(f"`output` must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}.")
     base = model.base_model
     config = base.config
-    pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    pad_token_id = config.pad_token_id  # read once: a config attribute lookup costs about a microsecond
     was_training = base.training
     if was_training:  # eval() and train() walk every module: skipped when there is nothing to switch
         base.eval()
     try:
         # no_grad rather than inference_mode: the embeddings are normal tensors that callers may train on.
         with torch.no_grad():
-            embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output)
+            embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id or 0, output)
     finally:
         if was_training:
             base.train()
@@ -140,6 +140,7 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
     embeddings = None
     table = base.get_input_embeddings().weight  # its device, dtype and rows: cheaper than the model's properties
     device, dtype, vocab_size = table.device, table.dtype, table.shape[0]
+    on_cpu = device.type == "cpu"
     pooler = base.pooler if output == "sentence_embedding" else None
     chunk_size = batch_size * CHUNK_BATCHES
     specials = tokenizer.num_special_tokens_to_add()
@@ -162,9 +163,12 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-            mask = None if mask is None else mask.to(device)
-            _, features = base.encoder(input_ids.to(device), mask, token_states=False)  # (rows, hidden)
-            vectors = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float().cpu()
+            if not on_cpu:  # .to() costs a few microseconds even when it has nothing to do
+                input_ids, mask = input_ids.to(device), None if mask is None else mask.to(device)
+            _, features = base.encoder(input_ids, mask, token_states=False)  # (rows, hidden), float32
+            if pooler is not None or dtype != torch.float32:  # in the model's dtype, as forward returns it
+                features = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float()
+            vectors = features if on_cpu else features.cpu()
             if len(rows) == len(texts) and rows == sorted(rows):  # one batch, in input order (one text): as it is
                 return vectors
             if embeddings is None:

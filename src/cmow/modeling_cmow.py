@@ -155,14 +155,14 @@ def compiled_pooled_features(
         ``(batch, hidden_size)`` float32, before dropout.
     """
     kernel = sys.modules.get(KERNEL_MODULE)
-    if kernel is None or torch.is_grad_enabled() or input_ids.device.type != "cpu":
+    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu:
         return None
     tables = _kernel_tables(encoder, kernel)
     if tables is None:
         return None
     hidden, vocab, d, forward, backward, code, cbow, cbow_size = tables
-    mean = cbow_size > 0 and encoder.config.cbow_pooling == "mean"
-    input_ids = input_ids.to(torch.int64).contiguous()
+    if input_ids.dtype != torch.int64 or not input_ids.is_contiguous():  # a conversion costs more than the check
+        input_ids = input_ids.to(torch.int64).contiguous()
     mask = None if mask is None else mask.to(torch.bool).contiguous()
     batch, seq = input_ids.shape
     out = torch.empty(batch, hidden)  # (batch, hidden)
@@ -181,13 +181,13 @@ def compiled_pooled_features(
         cbow,
         cbow_size,
         code,
-        mean,
+        encoder.cbow_mean,
         torch.get_num_threads(),
     )
     if encoder.ngram_embeddings is not None:  # hashed n-grams join the bag: summed by torch, added here
         mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask
         ngrams = encoder.ngram_embeddings(input_ids, mask, token_states=False).float()  # (batch, cbow)
-        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if mean else ngrams
+        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if encoder.cbow_mean else ngrams
     return out
 
 
@@ -196,7 +196,7 @@ def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple | None:
 
     ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size)``, pointers 0 for absent tables. Checking
     the tables costs ~8 us, as much as the kernel's work on a short text, so the result is kept on the encoder for as
-    long as its weights have the same data pointers, shapes, dtypes and device (which is all the kernel reads). The
+    long as its weights have the same data pointers and shapes (a new dtype or device comes with a new pointer). The
     weights are read from the modules' registries: ``nn.Module`` attribute lookups cost ~0.5 us each.
     """
     modules = encoder._modules
@@ -204,7 +204,7 @@ def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple | None:
         None if (module := modules.get(name)) is None else module._parameters["weight"]
         for name in ("cmow_embeddings", "cmow_bw_embeddings", "cbow_embeddings")
     )
-    key = tuple(None if w is None else (w.data_ptr(), w.shape, w.dtype, w.is_cpu) for w in weights)
+    key = tuple(None if w is None else (w.data_ptr(), w.shape) for w in weights)
     cached = encoder.__dict__.get("_kernel_tables_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -368,6 +368,7 @@ class CMOWEncoder(nn.Module):
         self.cmow_embeddings = MatrixEmbedding(config) if config.use_cmow else None
         self.cmow_bw_embeddings = MatrixEmbedding(config) if config.use_cmow and config.bidirectional else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.cbow_mean = config.use_cbow and config.cbow_pooling == "mean"  # read once: config lookups are slow
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, token_states: bool) -> tuple:
         """Encode ``input_ids`` where ``mask`` is True (everywhere if ``mask`` is ``None``).
@@ -388,7 +389,7 @@ class CMOWEncoder(nn.Module):
                 if self.ngram_embeddings is not None:
                     vectors = vectors + self.ngram_embeddings(input_ids, mask, token_states=True).float()
                 sums = vectors.cumsum(dim=1)
-                if self.config.cbow_pooling == "mean":
+                if self.cbow_mean:
                     sums = sums / mask.cumsum(dim=1).clamp_min(1)[..., None]
                 tokens.append(sums)
                 pooled.append(sums[:, -1])
@@ -401,7 +402,7 @@ class CMOWEncoder(nn.Module):
                 )
                 if self.ngram_embeddings is not None:
                     sums = sums + self.ngram_embeddings(input_ids, mask, token_states=False)  # (batch, cbow)
-                if self.config.cbow_pooling == "mean":
+                if self.cbow_mean:
                     sums = sums.float() / mask.sum(dim=1).clamp_min(1)[:, None]
                 pooled.append(sums.float())  # (batch, cbow)
             for table, reverse in ((self.cmow_embeddings, False), (self.cmow_bw_embeddings, True)):
