@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
 
-# tokenizer -> (its backend, what the clone was made from, the backend's copy without padding and truncation)
+# tokenizer -> (its backend, that backend's key when copied, the copy without padding and truncation)
 _UNPADDED_BACKENDS = weakref.WeakKeyDictionary()
 
 
@@ -31,7 +31,7 @@ def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
     The copy is remade when the backend changed in what transformers changes after loading: another backend object,
     added tokens (its size with added tokens) or its post-processor (special tokens around a text). Switching the
     backend's own padding and truncation off and back on each call, as before, cost more than the switch itself (the
-    Rust call then ran ~15% slower) and was not safe while other threads used the tokenizer.
+    Rust call then ran ~10% slower) and was not safe while other threads used the tokenizer.
     """
     if backend.padding is None and backend.truncation is None:
         return backend
