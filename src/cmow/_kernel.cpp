@@ -13,9 +13,9 @@
 // is the direction P * sqrt(d) / ||P||_F of the true product.
 //
 // Speed: the gather, the mask, the products, the rescaling, the bag and the identity offset are fused; rows are
-// shared among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16) or AVX2/FMA when the CPU
-// has them (chosen at run time; rows padded to a multiple of 8 floats, register-blocked), else portable loops the
-// compiler vectorises. The .so runs on any x86-64: only functions marked for an ISA use it.
+// shared among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16, jobs of 512 products or
+// more) or AVX2/FMA when the CPU has them (chosen at run time; rows padded to a multiple of 8 floats, register-blocked),
+// else portable loops the compiler vectorises. The .so runs on any x86-64: only functions marked for an ISA use it.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
