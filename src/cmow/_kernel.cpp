@@ -1,21 +1,21 @@
 // cmow._kernel: the pooled CMOW features of a batch in one call, on the CPU (optional; see setup.py).
 //
-// For each text (a row of token ids with a mask; no mask: every position counts) it writes [cbow; fw - I; bw - I] into one row of a float32 output:
-// the sum or mean of the CBOW vectors, and for each matrix table the ordered product of the token matrices
-// (backward table: in reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked positions are
-// skipped (the identity); a text with no unmasked position gives zeros. It is the compiled twin of the torch path in
-// modeling_cmow.py (`CMOWEncoder.forward` without token states), called through `compiled_pooled_features` there,
-// which checks every argument; call it only through that function.
+// For each text (a row of token ids with a mask; no mask: every position counts) it writes [cbow; fw - I; bw - I] into
+// one row of a float32 output: the sum or mean of the CBOW vectors, and for each matrix table the ordered product of
+// the token matrices (backward table: in reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked
+// positions are skipped (the identity); a text with no unmasked position gives zeros. It is the compiled twin of the
+// torch path in modeling_cmow.py (`CMOWEncoder.forward` without token states), called through
+// `compiled_pooled_features` there, which checks every argument; call it only through that function.
 //
 // Numerics: float32 throughout (fp16 and bf16 tables are widened on load). One text's product is a tree reduction,
 // like the torch path's (see `chain`); every partial product is rescaled to norm sqrt(d) before it is multiplied
 // again (folded into that product's store), so no intermediate is larger than max(sqrt(d), ||E||)^2 and the result
 // is the direction P * sqrt(d) / ||P||_F of the true product.
 //
-// Speed: the gather, the mask, the products, the rescaling, the bag and the identity offset are fused; rows are
-// shared among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16, jobs of 512 products or
-// more) or AVX2/FMA when the CPU has them (chosen at run time; rows padded to a multiple of 8 floats, register-blocked),
-// else portable loops the compiler vectorises. The .so runs on any x86-64: only functions marked for an ISA use it.
+// Speed: the gather, the mask, the products, the rescaling, the bag and the identity offset are fused; rows are shared
+// among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16, jobs of 512 products or more) or
+// AVX2/FMA when the CPU has them (chosen at run time; rows padded to a multiple of 8 floats, register-blocked), else
+// portable loops the compiler vectorises. The .so runs on any x86-64: only functions marked for an ISA use it.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -304,9 +304,9 @@ struct Avx2 {
 // --- AVX-512 path: the product only (the lookups and the bag are memory-bound; they stay on the AVX2 code) ---
 
 // A row of 24 floats (d = 17..24) is one 16-float and one 8-float vector: 2 FMAs per row and k where AVX2 needs 3
-// (d = 20: products 1.3x faster on this project's Xeon); 32 floats are two 16-float vectors (1.26x). Rows of 16 floats
-// gained nothing over AVX2 (the CPU there runs half as many 16-float FMAs per cycle as 8-float ones), so d <= 16
-// stays on the AVX2 code.
+// (d = 20: products 1.18-1.29x faster on this project's Xeon); 32 floats are two 16-float vectors (1.23-1.26x). Rows
+// of 16 floats gained nothing over AVX2 (the CPU there runs half as many 16-float FMAs per cycle as 8-float ones),
+// so d <= 16 stays on the AVX2 code.
 #define CMOW_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -636,8 +636,9 @@ PyMethodDef methods[] = {
     {"pooled", pooled, METH_VARARGS,
      "pooled(out, out_stride, ids, mask, batch, seq, vocab, d, forward, backward, matrix_dtype, cbow, cbow_size, "
      "cbow_dtype, cbow_mean, threads): the pooled [cbow; fw - I; bw - I] features of a batch, written into `out`. "
-     "Arguments named after tensors are their data pointers (0: no such table; no mask: every position counts); dtypes: 0 float32, 1 float16, "
-     "2 bfloat16. Private: call it through cmow.modeling_cmow.compiled_pooled_features, which checks them."},
+     "Arguments named after tensors are their data pointers (0: no such table; no mask: every position counts); "
+     "dtypes: 0 float32, 1 float16, 2 bfloat16. Private: call it through "
+     "cmow.modeling_cmow.compiled_pooled_features, which checks them."},
     {"set_isa", set_isa, METH_O,
      "set_isa(name): run the code of one of `isas` from now on, for every job (for tests; by default jobs of fewer "
      "than 512 products run the AVX2 code where AVX-512 is best)."},
@@ -654,7 +655,11 @@ PyMODINIT_FUNC PyInit__kernel() {
     if (module == nullptr) return nullptr;
     isa = best_isa();
     PyObject* isas = PyTuple_New(isa + 1);  // the ISAs set_isa accepts, the best last
-    for (int i = kGeneric; isas != nullptr && i <= isa; ++i) PyTuple_SET_ITEM(isas, i, PyUnicode_FromString(kIsaNames[i]));
+    for (int i = kGeneric; isas != nullptr && i <= isa; ++i) {
+        PyObject* name = PyUnicode_FromString(kIsaNames[i]);
+        if (name == nullptr) Py_CLEAR(isas);
+        else PyTuple_SET_ITEM(isas, i, name);
+    }
     if (isas == nullptr || PyModule_AddObject(module, "isas", isas) < 0 ||
         PyModule_AddStringConstant(module, "isa", kIsaNames[isa]) < 0 ||
         PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0) {
