@@ -76,6 +76,21 @@ def test_token_ids_follow_tokens_added_after_the_first_call(teacher_path):
     assert tokenizer.convert_tokens_to_ids("[FILM]") in ids[2]
 
 
+def test_token_ids_of_a_backend_that_cannot_be_copied(teacher_path):
+    from tokenizers import pre_tokenizers
+
+    class Whitespace:  # a custom Python pre-tokenizer: the backend can no longer be serialised
+        def pre_tokenize(self, text):
+            text.split(lambda _, piece: piece.split(" ", "removed"))
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(Whitespace())
+    texts = ["a charming journey", " ".join(["word"] * 200)]
+    expected = tokenizer(texts)["input_ids"]
+    tokenizer.backend_tokenizer.enable_truncation(max_length=8)
+    assert _token_ids(tokenizer, texts) == expected and len(expected[1]) == 202
+
+
 def test_pad_batch_right_pads_with_the_pad_id():
     input_ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_token_id=1)
     assert input_ids.tolist() == [[5, 6, 7], [8, 1, 1], [9, 10, 1]]

@@ -26,7 +26,8 @@ _UNPADDED_BACKENDS = weakref.WeakKeyDictionary()
 
 
 def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
-    """``backend`` if it neither pads nor truncates, else a copy of it that does neither, made once per tokenizer.
+    """``backend`` if it neither pads nor truncates, else a copy of it that does neither, made once per tokenizer;
+    ``None`` if it cannot be copied (custom Python parts cannot be serialised).
 
     The copy is remade when the backend changed in what transformers changes after loading: another backend object,
     added tokens (its size with added tokens) or its post-processor (special tokens around a text). Switching the
@@ -39,9 +40,12 @@ def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
     key = (backend.get_vocab_size(with_added_tokens=True), processor.__getstate__() if processor is not None else None)
     cached = _UNPADDED_BACKENDS.get(tokenizer)
     if cached is None or cached[0] is not backend or cached[1] != key:
-        clone = type(backend).from_str(backend.to_str())  # ~20 ms once
-        clone.no_padding()
-        clone.no_truncation()
+        try:
+            clone = type(backend).from_str(backend.to_str())  # ~20 ms once
+            clone.no_padding()
+            clone.no_truncation()
+        except Exception:  # tokenizers raises a plain Exception for a custom pre-tokenizer, normalizer, ...
+            clone = None  # remembered too: the failed attempt costs milliseconds
         cached = _UNPADDED_BACKENDS[tokenizer] = (backend, key, clone)
     return cached[2]
 
@@ -49,9 +53,10 @@ def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
 def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids with special tokens and no truncation; the Rust backend when the tokenizer has one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend = _unpadded(tokenizer, backend)
     if backend is None:
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
-    backend = _unpadded(tokenizer, backend)
     encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
     return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
 
