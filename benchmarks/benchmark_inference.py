@@ -40,7 +40,7 @@ from transformers import (
 
 from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, encode
 from cmow.data import data_dir, default_teacher
-from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, pad_batch
+from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, _unpadded, pad_batch
 from cmow.modeling_cmow import KERNEL_MODULE, normalize_product
 
 MODEL2VEC_CACHE = Path.home() / ".cache" / "cmow" / "model2vec-all-minilm-l6-v2"
@@ -122,7 +122,8 @@ def cmow_tokenize(tokenizer, pad_token_id: int):
 
 def backend_tokenize(tokenizer, pad_token_id: int):
     """The cmow path with the Rust backend alone (no compiled WordPiece tokenizer)."""
-    return lambda texts: pad_batch(_backend_ids(tokenizer.backend_tokenizer, texts), pad_token_id)
+    unpadded = _unpadded(tokenizer, tokenizer.backend_tokenizer)
+    return lambda texts: pad_batch(_backend_ids(unpadded, texts), pad_token_id)
 
 
 def plain_forward(model, tokenizer):
@@ -155,6 +156,7 @@ def loop_cmow(model: CMOWModel, tokenizer):
     encoder = model.encoder
 
     def pooled(input_ids, mask):
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask  # one text: pad_batch gives None
         features = []
         if encoder.cbow_embeddings is not None:
             vectors = encoder.cbow_embeddings(input_ids) * mask[..., None]

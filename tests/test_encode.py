@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from cmow import CMOWModel, encode
-from cmow.encode import pad_batch
+from cmow.encode import _token_ids, pad_batch
 from conftest import tiny_config
 
 TEXTS = [
@@ -59,10 +59,44 @@ def test_encode_does_not_truncate_and_restores_the_tokenizer_state(model, tokeni
         torch.testing.assert_close(encoded, model(full["input_ids"]).pooler_output)
 
 
+def test_token_ids_follow_tokens_added_after_the_first_call(teacher_path):
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)  # its own: the session's tokenizer stays as it is
+    backend = tokenizer.backend_tokenizer
+    texts = ["a zorblatt of a film", " ".join(["word"] * 200), "[FILM] of zorblatt"]
+    expected = tokenizer(texts)["input_ids"]  # this call switches the backend's padding and truncation off
+    backend.enable_truncation(max_length=8)  # so that _token_ids uses an unpadded copy of the backend
+    assert _token_ids(tokenizer, texts) == expected
+    tokenizer.add_tokens(["zorblatt"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[FILM]"]})
+    expected = tokenizer(texts)["input_ids"]
+    backend.enable_truncation(max_length=8)
+    ids = _token_ids(tokenizer, texts)
+    assert ids == expected and len(ids[1]) == 202 and backend.truncation["max_length"] == 8
+    assert tokenizer.convert_tokens_to_ids("zorblatt") in ids[0]
+    assert tokenizer.convert_tokens_to_ids("[FILM]") in ids[2]
+
+
+def test_token_ids_of_a_backend_that_cannot_be_copied(teacher_path):
+    from tokenizers import pre_tokenizers
+
+    class Whitespace:  # a custom Python pre-tokenizer: the backend can no longer be serialised
+        def pre_tokenize(self, text):
+            text.split(lambda _, piece: piece.split(" ", "removed"))
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(Whitespace())
+    texts = ["a charming journey", " ".join(["word"] * 200)]
+    expected = tokenizer(texts)["input_ids"]
+    tokenizer.backend_tokenizer.enable_truncation(max_length=8)
+    assert _token_ids(tokenizer, texts) == expected and len(expected[1]) == 202
+
+
 def test_pad_batch_right_pads_with_the_pad_id():
     input_ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_token_id=1)
     assert input_ids.tolist() == [[5, 6, 7], [8, 1, 1], [9, 10, 1]]
     assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    input_ids, mask = pad_batch([[5, 6, 7]], pad_token_id=1)  # one text: nothing padded, no mask
+    assert input_ids.tolist() == [[5, 6, 7]] and input_ids.dtype == torch.int64 and mask is None
 
 
 def test_bad_inputs_raise_clear_errors(model, tokenizer):

@@ -14,12 +14,12 @@ from cmow.modeling_cmow import KERNEL_MODULE, compiled_pooled_features, normaliz
 from conftest import CBOW, PAD, SEP, VOCAB, random_ids, tiny_config
 
 kernel_module = pytest.importorskip(KERNEL_MODULE, reason="cmow was installed without its compiled kernel")
-ISAS = ["generic"] + (["avx2"] if kernel_module.isa == "avx2" else [])
+ISAS = kernel_module.isas  # the ISAs this CPU runs, the best (the default) last
 
 
 @pytest.fixture(params=ISAS, autouse=True)
 def isa(request):
-    """Every test runs on the portable code and, where the CPU has it, on the AVX2/FMA code."""
+    """Every test runs on the portable code and, where the CPU has them, on the AVX2/FMA and AVX-512 code."""
     best = kernel_module.isa
     kernel_module.set_isa(request.param)
     yield request.param
@@ -46,7 +46,7 @@ def ragged_batch(batch: int = 6, seq: int = 9, seed: int = 0) -> tuple[torch.Ten
     return input_ids, mask
 
 
-@pytest.mark.parametrize("d", [3, 5, 20, 32])
+@pytest.mark.parametrize("d", [3, 5, 13, 20, 23, 32])
 @pytest.mark.parametrize(
     "encoder,bidirectional,cbow_pooling",
     [("hybrid", True, "mean"), ("hybrid", False, "sum"), ("cmow", True, "mean"), ("cmow", False, "mean")],
@@ -144,6 +144,40 @@ def test_the_model_uses_the_kernel_only_for_inference_on_supported_inputs():
         too_large = CMOWModel(tiny_config(matrix_size=kernel_module.max_matrix_size + 1)).eval()
         assert compiled_pooled_features(too_large.encoder, input_ids, mask) is None
         assert compiled_pooled_features(model.double().encoder, input_ids, mask) is None
+
+
+@pytest.mark.parametrize("ngrams", [(), (2,)])
+def test_no_mask_encodes_every_position(ngrams, monkeypatch):
+    model = CMOWModel(tiny_config(ngram_orders=ngrams, ngram_buckets=31)).eval()
+    input_ids = random_ids(3, 7)
+    everywhere = torch.ones_like(input_ids, dtype=torch.bool)
+    compiled, reference = both_paths(model, input_ids, None, monkeypatch)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled, compiled_pooled_features(model.encoder, input_ids, everywhere))
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernel_follows_tables_changed_after_a_call(monkeypatch):
+    model = CMOWModel(tiny_config()).eval()
+    input_ids, mask = ragged_batch()
+    both_paths(model, input_ids, mask, monkeypatch)  # remembers the tables' arguments
+    weight = model.encoder.cmow_embeddings.weight
+    weight.data = weight.data.flip(0).contiguous()  # the same parameter, other storage
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    model.resize_token_embeddings(VOCAB + 6)
+    with torch.no_grad():
+        model.encoder.cmow_bw_embeddings.weight[VOCAB:] = torch.randn(6, model.config.matrix_size**2)
+    input_ids[0, 0] = VOCAB + 5  # a new row: refused unless the kernel knows the new size
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_set_isa_switches_among_the_isas_this_cpu_runs(isa):
+    assert kernel_module.isas[0] == "generic" and kernel_module.isa == isa
+    with pytest.raises(ValueError, match="not available"):
+        kernel_module.set_isa("avx1024")
+    assert kernel_module.isa == isa, "a refused name leaves the code in use as it was"
 
 
 def test_the_kernel_refuses_token_ids_outside_the_table():

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from cmow import CMOWConfig, CMOWModel, encode
 from cmow.distill.student_tokenizer import train_student_tokenizer
-from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, compiled_wordpiece
+from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, _unpadded, compiled_wordpiece
 from cmow.glue.data import load_glue
 from conftest import tiny_config
 
@@ -70,7 +70,7 @@ def assert_same_ids(tokenizer, texts: list[str], threads: int = 2) -> list:
     backend = tokenizer.backend_tokenizer
     native = compiled_wordpiece(tokenizer, backend)
     assert native is not None, "the compiled tokenizer should apply to this tokenizer"
-    expected = _backend_ids(backend, texts)
+    expected = _backend_ids(_unpadded(tokenizer, backend), texts)
     answer = native.encode(texts, threads)
     for index, (row, reference) in enumerate(zip(answer, expected, strict=True)):
         assert row is None or row == reference, f"text {index} {texts[index]!r}: {row} != {reference}"
@@ -256,13 +256,14 @@ def test_tokenizers_that_are_not_bert_wordpiece_get_no_compiled_tokenizer(tokeni
     ]
     for other in others:
         assert compiled_wordpiece(other, other.backend_tokenizer) is None
-        assert _token_ids(other, ADVERSARIAL) == _backend_ids(other.backend_tokenizer, ADVERSARIAL)
+        assert _token_ids(other, ADVERSARIAL) == _backend_ids(_unpadded(other, other.backend_tokenizer), ADVERSARIAL)
 
 
 def test_encode_is_the_same_with_and_without_the_compiled_tokenizer(tokenizer, glue_texts, monkeypatch):
     model = CMOWModel(CMOWConfig()).eval()
     texts = glue_texts[-3000:] + ADVERSARIAL
-    texts = [text for text in texts if text.strip() and len(_backend_ids(tokenizer.backend_tokenizer, [text])[0]) > 2]
+    unpadded = _unpadded(tokenizer, tokenizer.backend_tokenizer)
+    texts = [text for text in texts if text.strip() and len(_backend_ids(unpadded, [text])[0]) > 2]
     compiled = [encode(model, tokenizer, texts), encode(model, tokenizer, texts[:1], batch_size=1)]
     monkeypatch.delitem(sys.modules, WORDPIECE_MODULE)
     assert compiled_wordpiece(tokenizer, tokenizer.backend_tokenizer) is None

@@ -11,13 +11,11 @@ This file is shipped as remote code next to saved checkpoints (``modeling_cmow.p
 works without this package): it imports only numpy, torch and transformers.
 """
 
-import contextlib
 import json
 import os
 import sys
 import unicodedata
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +25,33 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
 
-@contextlib.contextmanager
-def _unpadded(backend) -> Iterator:
-    """The backend tokenizer with padding and truncation off, restored afterwards (transformers mutates them too)."""
-    padding, truncation = backend.padding, backend.truncation
-    backend.no_padding()
-    backend.no_truncation()
-    try:
-        yield backend
-    finally:
-        if padding is not None:
-            backend.enable_padding(**padding)
-        if truncation is not None:
-            backend.enable_truncation(**truncation)
+# tokenizer -> (its backend, that backend's key when copied, the copy without padding and truncation)
+_UNPADDED_BACKENDS = weakref.WeakKeyDictionary()
+
+
+def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
+    """``backend`` if it neither pads nor truncates, else a copy of it that does neither, made once per tokenizer;
+    ``None`` if it cannot be copied (custom Python parts cannot be serialised).
+
+    The copy is remade when the backend changed in what transformers changes after loading: another backend object,
+    added tokens (its size with added tokens) or its post-processor (special tokens around a text). Switching the
+    backend's own padding and truncation off and back on each call, as before, cost more than the switch itself (the
+    Rust call then ran ~10% slower) and was not safe while other threads used the tokenizer.
+    """
+    if backend.padding is None and backend.truncation is None:
+        return backend
+    processor = backend.post_processor
+    key = (backend.get_vocab_size(with_added_tokens=True), processor.__getstate__() if processor is not None else None)
+    cached = _UNPADDED_BACKENDS.get(tokenizer)
+    if cached is None or cached[0] is not backend or cached[1] != key:
+        try:
+            clone = type(backend).from_str(backend.to_str())  # ~20 ms once
+            clone.no_padding()
+            clone.no_truncation()
+        except Exception:  # tokenizers raises a plain Exception for a custom pre-tokenizer, normalizer, ...
+            clone = None  # remembered too: the failed attempt costs milliseconds
+        cached = _UNPADDED_BACKENDS[tokenizer] = (backend, key, clone)
+    return cached[2]
 
 
 # The compiled tokenizer is looked up among the imported modules, never imported here: this file must load as remote
@@ -141,6 +153,8 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     """Token ids with special tokens and no truncation; the compiled tokenizer for the texts it accepts, the Rust
     backend for the others, when the tokenizer has one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend = _unpadded(tokenizer, backend)
     if backend is None:
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
     native = compiled_wordpiece(tokenizer, backend)
@@ -155,17 +169,16 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
 
 
 def _backend_ids(backend, texts: list[str]) -> list[list[int]]:
-    """Token ids from the Rust backend, with special tokens and no truncation."""
-    with _unpadded(backend):
-        encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
-        return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
+    """Token ids from a Rust backend that neither pads nor truncates (``_unpadded``), with special tokens."""
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
+    return [encoding.ids for encoding in encode_batch(texts, add_special_tokens=True)]
 
 
-def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(batch, longest)`` id and boolean mask tensors from lists of token ids."""
-    if len(ids) == 1:  # one text (batch 1): no padding, and fewer calls than the general path
-        input_ids = torch.tensor(ids, dtype=torch.int64)
-        return input_ids, torch.ones(input_ids.shape, dtype=torch.bool)
+def pad_batch(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-padded ``(batch, longest)`` id and boolean mask tensors from lists of token ids; the mask is ``None``
+    for one text (nothing is padded: the encoder reads every position)."""
+    if len(ids) == 1:  # batch 1: numpy converts a list of ints 3x faster than torch.tensor
+        return torch.from_numpy(np.array(ids, dtype=np.int64)), None
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     mask = np.arange(lengths.max()) < lengths[:, None]  # (batch, longest)
     input_ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
@@ -219,14 +232,14 @@ def encode(
         raise ValueError(f"`output` must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}.")
     base = model.base_model
     config = base.config
-    pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    pad_token_id = config.pad_token_id  # read once: a config attribute lookup costs about a microsecond
     was_training = base.training
     if was_training:  # eval() and train() walk every module: skipped when there is nothing to switch
         base.eval()
     try:
         # no_grad rather than inference_mode: the embeddings are normal tensors that callers may train on.
         with torch.no_grad():
-            embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output)
+            embeddings = _encode_all(base, tokenizer, texts, batch_size, pad_token_id or 0, output)
     finally:
         if was_training:
             base.train()
@@ -245,6 +258,7 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
     embeddings = None
     table = base.get_input_embeddings().weight  # its device, dtype and rows: cheaper than the model's properties
     device, dtype, vocab_size = table.device, table.dtype, table.shape[0]
+    on_cpu = device.type == "cpu"
     pooler = base.pooler if output == "sentence_embedding" else None
     chunk_size = batch_size * CHUNK_BATCHES
     specials = tokenizer.num_special_tokens_to_add()
@@ -267,8 +281,12 @@ def _encode_all(base, tokenizer, texts, batch_size, pad_token_id, output) -> tor
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in rows], pad_token_id)
-            _, features = base.encoder(input_ids.to(device), mask.to(device), token_states=False)  # (rows, hidden)
-            vectors = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float().cpu()
+            if not on_cpu:  # .to() costs a few microseconds even when it has nothing to do
+                input_ids, mask = input_ids.to(device), None if mask is None else mask.to(device)
+            _, features = base.encoder(input_ids, mask, token_states=False)  # (rows, hidden), float32
+            if pooler is not None or dtype != torch.float32:  # in the model's dtype, as forward returns it
+                features = (features.to(dtype) if pooler is None else pooler(features.to(dtype))).float()
+            vectors = features if on_cpu else features.cpu()
             if len(rows) == len(texts) and rows == sorted(rows):  # one batch, in input order (one text): as it is
                 return vectors
             if embeddings is None:

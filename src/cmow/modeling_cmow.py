@@ -140,7 +140,7 @@ _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def compiled_pooled_features(
-    encoder: "CMOWEncoder", input_ids: torch.Tensor, mask: torch.Tensor
+    encoder: "CMOWEncoder", input_ids: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor | None:
     """Pooled ``[cbow; cmow_fw - I; cmow_bw - I]`` features by the compiled kernel, or ``None`` where it cannot run.
 
@@ -148,58 +148,89 @@ def compiled_pooled_features(
     inputs are on the CPU, ``matrix_size <= 32`` and the tables are all float32, all float16 or all bfloat16;
     otherwise the caller runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5;
     tests/test_kernel.py). One call per batch does the lookups, the masking, the products with their rescaling, the
-    CBOW bag and the identity offset; hashed n-grams, if the model has them, are added by torch.
+    CBOW bag and the identity offset; hashed n-grams, if the model has them, are added by torch. A ``mask`` of
+    ``None`` encodes every position.
 
     Returns:
         ``(batch, hidden_size)`` float32, before dropout.
     """
     kernel = sys.modules.get(KERNEL_MODULE)
-    if kernel is None or torch.is_grad_enabled() or input_ids.device.type != "cpu":
+    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu:
         return None
-    # Sizes come from the tables themselves (what the kernel will read), not from the config: reading a transformers
-    # config attribute costs microseconds, and at batch 1 this wrapper's Python costs more than the kernel.
-    fw_module, bw_module, cbow_module = encoder.cmow_embeddings, encoder.cmow_bw_embeddings, encoder.cbow_embeddings
-    fw = fw_module.weight if fw_module is not None else None
-    bw = bw_module.weight if bw_module is not None else None
-    cbow = cbow_module.weight if cbow_module is not None else None
-    tables = [table for table in (fw, bw, cbow) if table is not None]
-    dtype = tables[0].dtype
-    d = fw_module.matrix_size if fw_module is not None else 1
-    if dtype not in _KERNEL_DTYPES or d > kernel.max_matrix_size:
+    tables = _kernel_tables(encoder, kernel)
+    if tables is None:
         return None
-    for table in tables:
-        if table.dtype != dtype or table.device.type != "cpu" or not table.is_contiguous():
-            return None
-    assert fw is None or fw.shape[1] == d * d == (bw if bw is not None else fw).shape[1], "tables must be (vocab, d*d)"
-    cbow_size = cbow.shape[1] if cbow is not None else 0
-    mean = cbow is not None and encoder.config.cbow_pooling == "mean"
-    input_ids = input_ids.to(torch.int64).contiguous()
-    mask = mask.to(torch.bool).contiguous()
+    hidden, vocab, d, forward, backward, code, cbow, cbow_size = tables
+    if input_ids.dtype != torch.int64 or not input_ids.is_contiguous():  # a conversion costs more than the check
+        input_ids = input_ids.to(torch.int64).contiguous()
+    mask = None if mask is None else mask.to(torch.bool).contiguous()
     batch, seq = input_ids.shape
-    out = torch.empty(batch, cbow_size + (len(tables) - (cbow is not None)) * d * d)  # (batch, hidden)
-    code = _KERNEL_DTYPES[dtype]
+    out = torch.empty(batch, hidden)  # (batch, hidden)
     kernel.pooled(
         out.data_ptr(),
-        out.shape[1],
+        hidden,
         input_ids.data_ptr(),
-        mask.data_ptr(),
+        0 if mask is None else mask.data_ptr(),
         batch,
         seq,
-        min(table.shape[0] for table in tables),  # ids are checked against the rows the kernel may read
+        vocab,
         d,
-        0 if fw is None else fw.data_ptr(),
-        0 if bw is None else bw.data_ptr(),
+        forward,
+        backward,
         code,
-        0 if cbow is None else cbow.data_ptr(),
+        cbow,
         cbow_size,
         code,
-        mean,
+        encoder.cbow_mean,
         torch.get_num_threads(),
     )
     if encoder.ngram_embeddings is not None:  # hashed n-grams join the bag: summed by torch, added here
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask
         ngrams = encoder.ngram_embeddings(input_ids, mask, token_states=False).float()  # (batch, cbow)
-        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if mean else ngrams
+        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if encoder.cbow_mean else ngrams
     return out
+
+
+def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple | None:
+    """The kernel's arguments that describe ``encoder``'s tables, or ``None`` where it cannot run on them.
+
+    ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size)``, pointers 0 for absent tables. Checking
+    the tables costs ~8 us, as much as the kernel's work on a short text, so the result is kept on the encoder for as
+    long as its weights have the same data pointers and shapes (a new dtype or device comes with a new pointer). The
+    weights are read from the modules' registries: ``nn.Module`` attribute lookups cost ~0.5 us each.
+    """
+    modules = encoder._modules
+    weights = tuple(
+        None if (module := modules.get(name)) is None else module._parameters["weight"]
+        for name in ("cmow_embeddings", "cmow_bw_embeddings", "cbow_embeddings")
+    )
+    key = tuple(None if w is None else (w.data_ptr(), w.shape) for w in weights)
+    cached = encoder.__dict__.get("_kernel_tables_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fw, bw, cbow = weights
+    present = [table for table in weights if table is not None]
+    d = modules["cmow_embeddings"].matrix_size if fw is not None else 1
+    tables = None
+    if (
+        present[0].dtype in _KERNEL_DTYPES
+        and d <= kernel.max_matrix_size
+        and all(t.dtype == present[0].dtype and t.is_cpu and t.is_contiguous() for t in present)
+    ):
+        assert fw is None or fw.shape[1] == d * d == (bw if bw is not None else fw).shape[1], "tables: (vocab, d*d)"
+        cbow_size = cbow.shape[1] if cbow is not None else 0
+        tables = (
+            cbow_size + (len(present) - (cbow is not None)) * d * d,
+            min(table.shape[0] for table in present),  # ids are checked against the rows the kernel may read
+            d,
+            0 if fw is None else fw.data_ptr(),
+            0 if bw is None else bw.data_ptr(),
+            _KERNEL_DTYPES[present[0].dtype],
+            0 if cbow is None else cbow.data_ptr(),
+            cbow_size,
+        )
+    encoder._kernel_tables_cache = (key, tables)
+    return tables
 
 
 def prefix_products(matrices: torch.Tensor) -> torch.Tensor:
@@ -337,15 +368,18 @@ class CMOWEncoder(nn.Module):
         self.cmow_embeddings = MatrixEmbedding(config) if config.use_cmow else None
         self.cmow_bw_embeddings = MatrixEmbedding(config) if config.use_cmow and config.bidirectional else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.cbow_mean = config.use_cbow and config.cbow_pooling == "mean"  # read once: config lookups are slow
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, token_states: bool) -> tuple:
-        """Encode ``input_ids`` where ``mask`` is True.
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, token_states: bool) -> tuple:
+        """Encode ``input_ids`` where ``mask`` is True (everywhere if ``mask`` is ``None``).
 
         Returns:
             ``(token_states, pooled)``: ``(batch, seq, hidden)`` or ``None``, and ``(batch, hidden)``, in float32.
         """
         if not token_states and (pooled := compiled_pooled_features(self, input_ids, mask)) is not None:
             return None, self.dropout(pooled) if self.training else pooled  # no module call for an identity
+        if mask is None:
+            mask = torch.ones_like(input_ids, dtype=torch.bool)
         batch, seq = input_ids.shape
         tokens, pooled = [], []
         # Products stay in float32 also under autocast: bf16 has too few mantissa bits for long products.
@@ -355,7 +389,7 @@ class CMOWEncoder(nn.Module):
                 if self.ngram_embeddings is not None:
                     vectors = vectors + self.ngram_embeddings(input_ids, mask, token_states=True).float()
                 sums = vectors.cumsum(dim=1)
-                if self.config.cbow_pooling == "mean":
+                if self.cbow_mean:
                     sums = sums / mask.cumsum(dim=1).clamp_min(1)[..., None]
                 tokens.append(sums)
                 pooled.append(sums[:, -1])
@@ -368,7 +402,7 @@ class CMOWEncoder(nn.Module):
                 )
                 if self.ngram_embeddings is not None:
                     sums = sums + self.ngram_embeddings(input_ids, mask, token_states=False)  # (batch, cbow)
-                if self.config.cbow_pooling == "mean":
+                if self.cbow_mean:
                     sums = sums.float() / mask.sum(dim=1).clamp_min(1)[:, None]
                 pooled.append(sums.float())  # (batch, cbow)
             for table, reverse in ((self.cmow_embeddings, False), (self.cmow_bw_embeddings, True)):
