@@ -173,6 +173,21 @@ def test_the_kernel_follows_tables_changed_after_a_call(monkeypatch):
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_a_table_of_another_dtype_at_the_same_address_is_not_read_as_the_old_one(monkeypatch):
+    """The allocator may give a converted table its old address: the remembered arguments must not outlive it."""
+    model = CMOWModel(tiny_config()).eval()
+    input_ids, mask = ragged_batch()
+    both_paths(model, input_ids, mask, monkeypatch)  # remembers float32 tables
+    for module in (model.encoder.cmow_embeddings, model.encoder.cmow_bw_embeddings, model.encoder.cbow_embeddings):
+        old = module.weight.data
+        half = torch.empty(0, dtype=torch.float16).set_(old.untyped_storage(), 0, old.shape)  # same address and shape
+        half.copy_(old.clone())
+        assert half.data_ptr() == old.data_ptr() and half.stride() == old.stride()
+        module.weight = torch.nn.Parameter(half)
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-3, atol=1e-3)
+
+
 def test_set_isa_switches_among_the_isas_this_cpu_runs(isa):
     assert kernel_module.isas[0] == "generic" and kernel_module.isa == isa
     with pytest.raises(ValueError, match="not available"):

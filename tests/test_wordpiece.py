@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from cmow import CMOWConfig, CMOWModel, encode
 from cmow.distill.student_tokenizer import train_student_tokenizer
-from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, _unpadded, compiled_wordpiece
+from cmow.encode import WORDPIECE_MODULE, _backend_ids, _special_ids, _token_ids, _unpadded, compiled_wordpiece
 from cmow.glue.data import load_glue
 from conftest import tiny_config
 
@@ -75,6 +75,8 @@ def assert_same_ids(tokenizer, texts: list[str], threads: int = 2) -> list:
     for index, (row, reference) in enumerate(zip(answer, expected, strict=True)):
         assert row is None or row == reference, f"text {index} {texts[index]!r}: {row} != {reference}"
     assert _token_ids(tokenizer, texts) == expected
+    # and both equal the transformers call (no truncation asked for, so none happens): a stale copy would not
+    assert expected == tokenizer(texts, add_special_tokens=True)["input_ids"]
     return answer
 
 
@@ -211,6 +213,7 @@ def test_added_tokens_rebuild_the_compiled_tokenizer(teacher_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)  # its own copy: tokens are added to it
+    tokenizer.backend_tokenizer.enable_truncation(max_length=512)  # as many tokenizer.json files have: copied once
     texts = ["helloworld and hello there", "Foobar FOO foo", "Quxbar qux", "a <ent> b", "nothing special", "cmowxyz"]
     texts += ["a \u00abtag\u00bb b \u00abzap\u00bb", "\u201cquoted\u201d"]  # no first character of the others
     texts += ADVERSARIAL
@@ -227,6 +230,28 @@ def test_added_tokens_rebuild_the_compiled_tokenizer(teacher_path):
     answer = assert_same_ids(tokenizer, texts)
     assert answer[-len(ADVERSARIAL) :].count(None) < len(ADVERSARIAL), "texts without added tokens stay compiled"
     assert answer[7] is not None, "\u201c is no added token's first character"
+
+
+def test_a_backend_changed_after_first_use_is_not_served_stale_ids(teacher_path):
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)  # its own copy: its backend is changed
+    texts = ["Hello World", "helloworld again, and a longword"]
+    assert_same_ids(tokenizer, texts)
+    tokenizer.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    assert _token_ids(tokenizer, texts) == tokenizer(texts)["input_ids"]
+    tokenizer.backend_tokenizer.model.max_input_chars_per_word = 5
+    assert _token_ids(tokenizer, texts) == tokenizer(texts)["input_ids"]
+    assert tokenizer.unk_token_id in _token_ids(tokenizer, texts)[1]
+
+
+def test_a_template_that_names_a_second_sequence_for_single_texts_is_not_compiled():
+    special = {"[CLS]": {"id": "[CLS]", "ids": [101], "tokens": ["[CLS]"]}}
+    single = [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    processor = {"type": "TemplateProcessing", "special_tokens": special, "pair": []}
+    assert _special_ids({**processor, "single": single}) == ([101], [])
+    assert _special_ids({**processor, "single": [*single, {"Sequence": {"id": "B", "type_id": 1}}]}) is None
 
 
 def test_a_trained_student_vocabulary_gets_the_backends_ids(tokenizer, glue_texts):

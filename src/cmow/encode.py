@@ -25,39 +25,67 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 CHUNK_BATCHES = 32  # batches tokenized per backend call: large enough to amortise the call, small enough for memory
 
 
-# tokenizer -> (its backend, that backend's key when copied, the copy without padding and truncation)
-_UNPADDED_BACKENDS = weakref.WeakKeyDictionary()
-
-
-def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
-    """``backend`` if it neither pads nor truncates, else a copy of it that does neither, made once per tokenizer;
-    ``None`` if it cannot be copied (custom Python parts cannot be serialised).
-
-    The copy is remade when the backend changed in what transformers changes after loading: another backend object,
-    added tokens (its size with added tokens) or its post-processor (special tokens around a text). Switching the
-    backend's own padding and truncation off and back on each call, as before, cost more than the switch itself (the
-    Rust call then ran ~10% slower) and was not safe while other threads used the tokenizer.
-    """
-    if backend.padding is None and backend.truncation is None:
-        return backend
-    processor = backend.post_processor
-    key = (backend.get_vocab_size(with_added_tokens=True), processor.__getstate__() if processor is not None else None)
-    cached = _UNPADDED_BACKENDS.get(tokenizer)
-    if cached is None or cached[0] is not backend or cached[1] != key:
-        try:
-            clone = type(backend).from_str(backend.to_str())  # ~20 ms once
-            clone.no_padding()
-            clone.no_truncation()
-        except Exception:  # tokenizers raises a plain Exception for a custom pre-tokenizer, normalizer, ...
-            clone = None  # remembered too: the failed attempt costs milliseconds
-        cached = _UNPADDED_BACKENDS[tokenizer] = (backend, key, clone)
-    return cached[2]
-
-
 # The compiled tokenizer is looked up among the imported modules, never imported here: this file must load as remote
 # code with only numpy, torch and transformers installed. `import cmow` imports it when it was built (see setup.py).
 WORDPIECE_MODULE = "cmow._wordpiece"
-_compiled_tokenizers = weakref.WeakKeyDictionary()  # tokenizer -> (backend, its number of added tokens, WordPiece)
+# tokenizer -> (its backend, the backend's state, the compiled module, a private unpadded copy, the compiled tokenizer)
+_PREPARED = weakref.WeakKeyDictionary()
+_MODEL_SETTINGS = ("unk_token", "continuing_subword_prefix", "max_input_chars_per_word")
+
+
+def _backend_state(backend) -> tuple:
+    """What can change on a loaded backend and change its ids: its added tokens (also one already in the vocabulary:
+    the size stays, the ids change), its normalizer, pre-tokenizer and post-processor, and its model's settings. Not
+    the model's vocabulary (serialising it costs milliseconds); padding and truncation do not matter (see
+    ``_prepared``). A few microseconds."""
+    model = backend.model
+    return (
+        tuple(backend.get_added_tokens_decoder()),
+        *map(_part_state, (backend.normalizer, backend.pre_tokenizer, backend.post_processor)),
+        type(model).__name__,
+        *(getattr(model, name, None) for name in _MODEL_SETTINGS),
+    )
+
+
+def _part_state(part) -> bytes | str | None:
+    """A backend part's serialised settings; "custom" for a Python part, which cannot be serialised: such a backend
+    cannot be copied either, so its texts go to the live tokenizer, and which custom part it is does not matter."""
+    if part is None:
+        return None
+    try:
+        return part.__getstate__()
+    except Exception:  # tokenizers raises a plain Exception for a custom part
+        return "custom"
+
+
+def _prepared(tokenizer: PreTrainedTokenizerBase, backend) -> tuple:
+    """``(copy, compiled)`` for ``tokenizer``'s Rust ``backend``: a private copy of it that neither pads nor truncates
+    (``None`` if it cannot be copied: custom Python parts cannot be serialised), and the compiled tokenizer that gives
+    the same ids (``None`` where it does not apply, see ``compiled_wordpiece``).
+
+    Made once per tokenizer (~20 ms) and remade when the backend object or its state (``_backend_state``) changes. A
+    private copy rather than the live backend: transformers switches the live one's padding and truncation on and
+    off with every call (switching them off and back on for each of ours cost more than the Rust call, and another
+    thread's call could truncate ours midway).
+    """
+    module = sys.modules.get(WORDPIECE_MODULE)
+    state = _backend_state(backend)
+    cached = _PREPARED.get(tokenizer)
+    if cached is None or cached[0] is not backend or cached[1] != state or cached[2] is not module:
+        try:
+            copy = type(backend).from_str(backend.to_str())
+            copy.no_padding()
+            copy.no_truncation()
+        except Exception:  # tokenizers raises a plain Exception for a custom pre-tokenizer, normalizer, ...
+            copy = None  # remembered too: the failed attempt costs milliseconds
+        compiled = None if module is None or copy is None else _wordpiece_from(module, copy)
+        cached = _PREPARED[tokenizer] = (backend, state, module, copy, compiled)
+    return cached[3], cached[4]
+
+
+def _unpadded(tokenizer: PreTrainedTokenizerBase, backend):
+    """A private copy of ``backend`` that neither pads nor truncates, or ``None`` (see ``_prepared``)."""
+    return _prepared(tokenizer, backend)[0]
 
 
 def compiled_wordpiece(tokenizer: PreTrainedTokenizerBase, backend):
@@ -66,19 +94,12 @@ def compiled_wordpiece(tokenizer: PreTrainedTokenizerBase, backend):
 
     It applies when ``cmow._wordpiece`` is loaded and the backend is a BERT pipeline: ``BertNormalizer``,
     ``BertPreTokenizer``, ``WordPiece`` and a ``TemplateProcessing`` or ``BertProcessing`` post-processor. It is
-    built once per tokenizer and rebuilt after tokens are added. Its ``encode(texts, threads)`` declines (``None``)
-    every text with a character that is neither ASCII nor punctuation the backend isolates unchanged (accents, CJK,
-    emoji) or that is the first character of an added token (the backend matches those before its normalizer), so
-    the caller tokenizes those with the backend (tests/test_wordpiece.py checks both agree).
+    built once per tokenizer and rebuilt when the backend changes (``_prepared``). Its ``encode(texts, threads)``
+    declines (``None``) every text with a character that is neither ASCII nor punctuation the backend isolates
+    unchanged (accents, CJK, emoji) or that is the first character of an added token (the backend matches those
+    before its normalizer), so the caller tokenizes those with the backend (tests/test_wordpiece.py checks both agree).
     """
-    module = sys.modules.get(WORDPIECE_MODULE)
-    if module is None:
-        return None
-    added = len(backend.get_added_tokens_decoder())  # grows with every added token, also one already in the vocab
-    cached = _compiled_tokenizers.get(tokenizer)
-    if cached is None or cached[0] is not backend or cached[1] != added:
-        cached = _compiled_tokenizers[tokenizer] = (backend, added, _wordpiece_from(module, backend))
-    return cached[2]
+    return _prepared(tokenizer, backend)[1]
 
 
 def _wordpiece_from(module, backend):
@@ -137,10 +158,9 @@ def _special_ids(post_processor: dict) -> tuple[list[int], list[int]] | None:
     if post_processor.get("type") != "TemplateProcessing":
         return None
     pieces = post_processor["single"]
-    if [piece.get("Sequence", {}).get("id") for piece in pieces].count("A") != 1 or len(pieces) != sum(
-        "Sequence" in piece or "SpecialToken" in piece for piece in pieces
-    ):
-        return None
+    sequences = [piece["Sequence"].get("id") for piece in pieces if "Sequence" in piece]
+    if sequences != ["A"] or not all("Sequence" in piece or "SpecialToken" in piece for piece in pieces):
+        return None  # exactly one sequence, $A (a template may also name $B for single texts: not taken)
     ids = [
         post_processor["special_tokens"][piece["SpecialToken"]["id"]]["ids"] if "SpecialToken" in piece else None
         for piece in pieces
@@ -153,11 +173,9 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     """Token ids with special tokens and no truncation; the compiled tokenizer for the texts it accepts, the Rust
     backend for the others, when the tokenizer has one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        backend = _unpadded(tokenizer, backend)
+    backend, native = (None, None) if backend is None else _prepared(tokenizer, backend)
     if backend is None:
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
-    native = compiled_wordpiece(tokenizer, backend)
     if native is None:
         return _backend_ids(backend, texts)
     ids = native.encode(texts, torch.get_num_threads())

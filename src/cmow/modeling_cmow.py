@@ -157,7 +157,9 @@ def compiled_pooled_features(
     kernel = sys.modules.get(KERNEL_MODULE)
     if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu:
         return None
-    tables = _kernel_tables(encoder, kernel)
+    # `weights` stays referenced until the kernel returns: it reads them by pointer, without the GIL, and another
+    # thread may replace the module's parameters (model.half(), load_state_dict(assign=True)) meanwhile.
+    weights, tables = _kernel_tables(encoder, kernel)
     if tables is None:
         return None
     hidden, vocab, d, forward, backward, code, cbow, cbow_size = tables
@@ -184,6 +186,7 @@ def compiled_pooled_features(
         encoder.cbow_mean,
         torch.get_num_threads(),
     )
+    del weights
     if encoder.ngram_embeddings is not None:  # hashed n-grams join the bag: summed by torch, added here
         mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask
         ngrams = encoder.ngram_embeddings(input_ids, mask, token_states=False).float()  # (batch, cbow)
@@ -191,23 +194,31 @@ def compiled_pooled_features(
     return out
 
 
-def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple | None:
-    """The kernel's arguments that describe ``encoder``'s tables, or ``None`` where it cannot run on them.
+def _registered_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, from the parameter registry where it is there (a parametrized weight is not)."""
+    weight = module._parameters.get("weight")
+    return weight if weight is not None else module.weight
 
-    ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size)``, pointers 0 for absent tables. Checking
-    the tables costs ~8 us, as much as the kernel's work on a short text, so the result is kept on the encoder for as
-    long as its weights have the same data pointers and shapes (a new dtype or device comes with a new pointer). The
-    weights are read from the modules' registries: ``nn.Module`` attribute lookups cost ~0.5 us each.
+
+def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple:
+    """``(weights, arguments)``: the three tables (``None`` where absent) and the kernel's arguments that describe
+    them, or ``None`` as arguments where the kernel cannot run on them.
+
+    Arguments: ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size)``, pointers 0 for absent tables.
+    Checking the tables costs ~8 us, as much as the kernel's work on a short text, so the result is kept on the
+    encoder for as long as its weights have the same data pointers, shapes, strides, dtypes and devices (the
+    allocator may give a converted table its old address). The weights are read from the modules' registries:
+    ``nn.Module`` attribute lookups cost ~0.5 us each; a parametrized weight is not in the registry and is looked up.
     """
     modules = encoder._modules
     weights = tuple(
-        None if (module := modules.get(name)) is None else module._parameters["weight"]
+        None if (module := modules.get(name)) is None else _registered_weight(module)
         for name in ("cmow_embeddings", "cmow_bw_embeddings", "cbow_embeddings")
     )
-    key = tuple(None if w is None else (w.data_ptr(), w.shape) for w in weights)
+    key = tuple(None if w is None else (w.data_ptr(), w.shape, w.stride(), w.dtype, w.device) for w in weights)
     cached = encoder.__dict__.get("_kernel_tables_cache")
     if cached is not None and cached[0] == key:
-        return cached[1]
+        return weights, cached[1]
     fw, bw, cbow = weights
     present = [table for table in weights if table is not None]
     d = modules["cmow_embeddings"].matrix_size if fw is not None else 1
@@ -230,7 +241,7 @@ def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple | None:
             cbow_size,
         )
     encoder._kernel_tables_cache = (key, tables)
-    return tables
+    return weights, tables
 
 
 def prefix_products(matrices: torch.Tensor) -> torch.Tensor:
