@@ -550,14 +550,26 @@ const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
 Isa isa = kGeneric;
 int64_t avx512_min_products = kAvx512MinProducts;  // 0 once set_isa chose AVX-512: every job runs it (tests)
 
-// The best code this CPU (and OS: the builtins check that it saves the vector registers) runs.
+#if CMOW_HAVE_AVX2
+// Whether the OS saves the register state in `mask` of XCR0 (0x6: SSE and AVX; 0xE6: also AVX-512's). Checked here
+// rather than trusted to __builtin_cpu_supports, which compilers before GCC 8 answer from CPUID alone.
+bool os_saves(unsigned mask) {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return false;  // OSXSAVE: XGETBV usable
+    unsigned low, high;
+    __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
+    return (low & mask) == mask;
+}
+#endif
+
+// The best code this CPU and OS run.
 Isa best_isa() {
 #if CMOW_HAVE_AVX2
     __builtin_cpu_init();
     unsigned eax, ebx, ecx, edx;  // F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports lacks it
     const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)) return kGeneric;
-    return __builtin_cpu_supports("avx512f") ? kAvx512 : kAvx2;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c && os_saves(0x6))) return kGeneric;
+    return __builtin_cpu_supports("avx512f") && os_saves(0xE6) ? kAvx512 : kAvx2;
 #else
     return kGeneric;
 #endif
