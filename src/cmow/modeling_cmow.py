@@ -13,7 +13,7 @@ model, and are cast back to the model's dtype at the end.
 Speed: no Python loop runs over positions. The pooled product is a pairwise (log-depth) reduction; per-token prefix
 products are a Hillis-Steele parallel scan, also log-depth. For inference on the CPU, the pooled features come from
 the compiled kernel ``cmow._kernel`` when the cmow package was installed with it and has been imported (see
-``compiled_pooled_features``); it computes the same products left to right and agrees with the torch path to 1e-5.
+``compiled_pooled_features``); it reduces the products as a tree too and agrees with the torch path to 1e-5.
 
 This file is shipped as remote code next to saved checkpoints: it imports only torch, transformers, its config and
 ``encode.py`` (``model.encode``).
