@@ -285,7 +285,12 @@ struct Avx2 {
         int r = 0;
         for (; r + RB <= d; r += RB) squares = block<NV, RB>(P + r * S, E, C + r * S, d, factor, squares);
         squares = tail<NV, RB>(P + r * S, E, C + r * S, d, d - r, factor, squares);
-        __m128 sum = _mm_add_ps(_mm256_castps256_ps128(squares), _mm256_extractf128_ps(squares, 1));
+        return sum8(squares);
+    }
+
+    // The sum of the 8 lanes of `v`.
+    CMOW_AVX2 static float sum8(__m256 v) {
+        __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
         sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
         return _mm_cvtss_f32(sum);
@@ -378,11 +383,7 @@ struct Avx512 : Avx2 {
         for (; r + RB <= d; r += RB) block<NZ, NY, RB>(P + r * S, E, C + r * S, d, factor, sq16, sq8);
         tail<NZ, NY, RB>(P + r * S, E, C + r * S, d, d - r, factor, sq16, sq8);
         const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq16), 1));  // AVX-512F only
-        __m256 sum = _mm256_add_ps(sq8, _mm256_add_ps(_mm512_castps512_ps256(sq16), high));
-        __m128 quarter = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        quarter = _mm_add_ps(quarter, _mm_movehl_ps(quarter, quarter));
-        quarter = _mm_add_ss(quarter, _mm_movehdup_ps(quarter));
-        return _mm_cvtss_f32(quarter);
+        return Avx2::sum8(_mm256_add_ps(sq8, _mm256_add_ps(_mm512_castps512_ps256(sq16), high)));
     }
 
     CMOW_AVX512 static float matmul(const float* P, const float* E, float* C, int d, int stride, float scale) {

@@ -214,16 +214,9 @@ def finetune_teacher(
         "seed": cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed,
         "max_length": cfg.teacher_max_length,
     }
+    schedule = {name: value for name, value in settings.items() if name != "max_length"}  # the recorded recipe
     args = training_args(
-        folder / "checkpoints",
-        selection=cfg.selection,
-        epochs=cfg.teacher_epochs,
-        lr=cfg.teacher_lr,
-        batch_size=cfg.teacher_batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        warmup_ratio=cfg.teacher_warmup_ratio,
-        weight_decay=cfg.teacher_weight_decay,
-        seed=settings["seed"],
+        folder / "checkpoints", selection=cfg.selection, eval_batch_size=cfg.eval_batch_size, **schedule
     )
     trainer = Trainer(
         model=model,
