@@ -28,6 +28,19 @@ from cmow.distill.default_corpus import _SENTENCE_END, gutenberg_paragraphs
 from cmow.evaluation.tasks import word_order_probe
 
 
+def fit(optimizer, scores, batch, steps: int, batch_size: int, report_every: int, digits: int) -> None:
+    """Binary cross-entropy of ``scores(inputs)`` against the labels of ``batch(batch_size)``, ``steps`` times;
+    prints the loss every ``report_every`` steps."""
+    for step in range(steps):
+        inputs, labels = batch(batch_size)
+        loss = F.binary_cross_entropy_with_logits(scores(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % report_every == 0:
+            print(step, round(loss.item(), digits), flush=True)
+
+
 def shift(args) -> float:
     rng = random.Random(0)
     tokenizer = AutoTokenizer.from_pretrained(default_teacher())
@@ -57,14 +70,7 @@ def shift(args) -> float:
         return head(embedding).squeeze(-1)
 
     _, _, test_texts, test_labels = word_order_probe()
-    for step in range(args.steps):
-        texts, labels = batch(64)
-        loss = F.binary_cross_entropy_with_logits(scores(texts), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 100 == 0:
-            print(step, round(loss.item(), 4), flush=True)
+    fit(optimizer, scores, batch, steps=args.steps, batch_size=64, report_every=100, digits=4)
     with torch.no_grad():
         predicted = torch.cat([scores(test_texts[i : i + 256]) for i in range(0, len(test_texts), 256)]) > 0
     return (predicted.float() == torch.tensor(test_labels).float()).float().mean().item()
@@ -95,14 +101,7 @@ def synthetic(args) -> float:
     def scores(ids):
         return head(model(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output).squeeze(-1)
 
-    for step in range(1500):
-        ids, labels = batch(128)
-        loss = F.binary_cross_entropy_with_logits(scores(ids), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 250 == 0:
-            print(step, round(loss.item(), 3), flush=True)
+    fit(optimizer, scores, batch, steps=1500, batch_size=128, report_every=250, digits=3)
     with torch.no_grad():
         ids, labels = batch(2000)
         return ((scores(ids) > 0).float() == labels).float().mean().item()

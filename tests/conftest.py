@@ -112,3 +112,21 @@ def run_without_cmow(script: str, *args: str, cwd: Path, env: dict | None = None
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), "PATH": "/usr/bin:/bin", **(env or {})},
         timeout=300,
     )
+
+
+def script_without_extension(module: str, body: str) -> str:
+    """A Python script that runs ``body`` as if ``module`` (a cmow extension) had failed to build at install time,
+    with WARNING logs on stderr."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, logging, sys
+
+        class NotBuilt(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == {module!r}:
+                    raise ImportError("not built")
+
+        sys.meta_path.insert(0, NotBuilt())
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        """
+    ) + textwrap.dedent(body)

@@ -11,7 +11,7 @@ import torch
 from cmow import CMOWConfig, CMOWModel, encode
 from cmow.glue.data import load_glue
 from cmow.modeling_cmow import KERNEL_MODULE, compiled_pooled_features, normalize_product
-from conftest import CBOW, PAD, SEP, VOCAB, random_ids, tiny_config
+from conftest import CBOW, PAD, SEP, VOCAB, random_ids, script_without_extension, tiny_config
 
 kernel_module = pytest.importorskip(KERNEL_MODULE, reason="cmow was installed without its compiled kernel")
 ISAS = kernel_module.isas  # the ISAs this CPU runs, the best (the default) last
@@ -211,16 +211,9 @@ def test_encode_of_real_sentences_equals_the_torch_path(tokenizer, shared_data, 
     torch.testing.assert_close(compiled, encode(model, tokenizer, texts, batch_size=64), rtol=1e-4, atol=1e-5)
 
 
-NOT_BUILT_CHECK = """
-import importlib.abc, logging, sys
-
-class NoKernel(importlib.abc.MetaPathFinder):  # as if the compiler had failed at install time
-    def find_spec(self, name, path=None, target=None):
-        if name == "cmow._kernel":
-            raise ImportError("not built")
-
-sys.meta_path.insert(0, NoKernel())
-logging.basicConfig(level=logging.WARNING, format="%(message)s")
+NOT_BUILT_CHECK = script_without_extension(
+    KERNEL_MODULE,
+    """
 import torch, cmow
 from cmow.modeling_cmow import compiled_pooled_features
 model = cmow.CMOWModel(cmow.CMOWConfig(vocab_size=50, matrix_size=4, cbow_size=3)).eval()
@@ -229,7 +222,8 @@ with torch.inference_mode():
     assert compiled_pooled_features(model.encoder, ids, mask) is None
     assert torch.isfinite(model(ids, output_token_states=False).pooler_output).all()
 print("torch path OK")
-"""
+""",
+)
 
 
 def test_without_the_built_kernel_cmow_warns_once_and_runs_the_torch_path():

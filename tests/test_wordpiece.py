@@ -16,7 +16,7 @@ from cmow import CMOWConfig, CMOWModel, encode
 from cmow.distill.student_tokenizer import train_student_tokenizer
 from cmow.encode import WORDPIECE_MODULE, _backend_ids, _special_ids, _token_ids, _unpadded, compiled_wordpiece
 from cmow.glue.data import load_glue
-from conftest import tiny_config
+from conftest import script_without_extension, tiny_config
 
 pytest.importorskip(WORDPIECE_MODULE, reason="cmow was installed without its compiled tokenizer")
 
@@ -312,23 +312,17 @@ def test_the_switched_off_extension_is_not_loaded():
     assert "compiled" not in result.stderr, "switched off on purpose: no warning"
 
 
-NOT_BUILT_CHECK = """
-import importlib.abc, logging, sys
-
-class NoTokenizer(importlib.abc.MetaPathFinder):  # as if the compiler had failed at install time
-    def find_spec(self, name, path=None, target=None):
-        if name == "cmow._wordpiece":
-            raise ImportError("not built")
-
-sys.meta_path.insert(0, NoTokenizer())
-logging.basicConfig(level=logging.WARNING, format="%(message)s")
+NOT_BUILT_CHECK = script_without_extension(
+    WORDPIECE_MODULE,
+    """
 from transformers import BertTokenizer
 import cmow
 from cmow.encode import _token_ids
 tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])})
 assert _token_ids(tokenizer, ["a b", "A"]) == [[2, 4, 1, 3], [2, 4, 3]]
 print("backend OK")
-"""
+""",
+)
 
 
 def test_without_the_built_tokenizer_cmow_warns_once_and_tokenizes_with_the_backend():
