@@ -56,7 +56,7 @@ MEMORY_BATCH = 64
 # --- data ---
 
 
-def sst2_sentences(folder: Path, limit: int) -> list[str]:
+def sst2_sentences(folder: Path, limit: int | None) -> list[str]:
     with open(folder / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     return [row[0] for row in rows][:limit]
@@ -84,14 +84,19 @@ def sorted_batches(tokenizer, texts: list[str], batch_size: int) -> list[list[st
 
 
 @contextlib.contextmanager
-def kernel_hidden():
-    """Hide the compiled kernel (as if cmow were installed without it): the encoder runs its torch path."""
-    kernel = sys.modules.pop(KERNEL_MODULE, None)
+def module_hidden(name: str):
+    """Hide one of cmow's compiled extensions, as if cmow were installed without it (the kernel: the encoder runs its
+    torch path; the tokenizer: the cmow path tokenizes with the backend)."""
+    module = sys.modules.pop(name, None)
     try:
         yield
     finally:
-        if kernel is not None:
-            sys.modules[KERNEL_MODULE] = kernel
+        if module is not None:
+            sys.modules[name] = module
+
+
+def kernel_hidden():
+    return module_hidden(KERNEL_MODULE)
 
 
 def kernel_off(run):

@@ -9,43 +9,25 @@ tokenizer on and off, at batch 1 and 256. The variants run interleaved in one pr
 """
 
 import argparse
-import contextlib
-import csv
 import gzip
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 from transformers import AutoTokenizer
 
+from benchmark_inference import module_hidden, sst2_sentences  # the script folder is on sys.path
 from cmow import CMOWConfig, CMOWModel, encode
 from cmow.data import data_dir, default_teacher
 from cmow.encode import WORDPIECE_MODULE, _backend_ids, _token_ids, _unpadded, compiled_wordpiece
-
-
-def sst2_dev(folder) -> list[str]:
-    with open(folder / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as handle:
-        return [row[0] for row in list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
 
 
 def corpus_paragraphs(folder, count: int = 3000) -> list[str]:
     """Every 50th line of the Gutenberg corpus: paragraphs from all over it."""
     with gzip.open(folder / "corpus" / "gutenberg_train_50MB.txt.gz", "rt", encoding="utf-8") as lines:
         return list(itertools.islice(lines, 0, 50 * count, 50))
-
-
-@contextlib.contextmanager
-def wordpiece_hidden():
-    """Hide the compiled tokenizer, as if cmow were installed without it: ``_token_ids`` runs the backend."""
-    module = sys.modules.pop(WORDPIECE_MODULE, None)
-    try:
-        yield
-    finally:
-        if module is not None:
-            sys.modules[WORDPIECE_MODULE] = module
 
 
 def best_seconds(variants: dict[str, Callable[[], object]], repeats: int, round_seconds: float) -> dict[str, float]:
@@ -74,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # the Rust tokenizer's pool starts on first use
     folder = data_dir(args.data_dir)
-    texts = sst2_dev(folder)
+    texts = sst2_sentences(folder, None)
     tokenizer = AutoTokenizer.from_pretrained(default_teacher())
     backend = tokenizer.backend_tokenizer
     native = compiled_wordpiece(tokenizer, backend)
@@ -124,7 +106,7 @@ def main() -> None:
     print(f"\nCompiled tokenizer, all {len(texts)} texts in one call (as in encode's chunks): {per_text} per text\n")
 
     model = CMOWModel(CMOWConfig()).eval()
-    with wordpiece_hidden():
+    with module_hidden(WORDPIECE_MODULE):
         without = encode(model, tokenizer, texts)
     assert torch.equal(encode(model, tokenizer, texts), without), "the same embeddings with the compiled tokenizer"
     print("| cmow.encode | batch | texts/s compiled on | texts/s off | on / off |")
@@ -137,7 +119,7 @@ def main() -> None:
                 encode(model, tokenizer, batch, batch_size=size)
 
         def run_all_off():
-            with wordpiece_hidden():
+            with module_hidden(WORDPIECE_MODULE):
                 run_all()
 
         seconds = best_seconds({"on": run_all, "off": run_all_off}, args.repeats, args.round_seconds)
