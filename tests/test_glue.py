@@ -459,12 +459,16 @@ def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_pa
     model = AutoModelForSequenceClassification.from_pretrained(out / "RTE" / "student-transfer-ngrams")
     assert model.config.ngram_orders == [2, 3] and model.cmow.encoder.ngram_embeddings.weight.abs().sum() > 0
 
-    # Another student on the same transfer set (dev selection: the train set is the same) reuses the teacher's labels.
+    # Another student on the same transfer set (dev selection: the train set is the same) reuses the teacher's labels;
+    # a student seed of its own changes its init and batches, not the split, the copies or the teacher's labels.
     mtimes = [shard.stat().st_mtime for shard in shards]
-    assert cli.main([*common, "--selection", "dev", "--student-name", "dev-selected"]) == 0
+    assert cli.main([*common, "--selection", "dev", "--student-name", "dev-selected", "--student-seed", "7"]) == 0
     again = json.loads((out / "RTE" / "student-dev-selected" / "metrics.json").read_text())
     assert again["transfer"]["key"] == transfer["key"] and [shard.stat().st_mtime for shard in shards] == mtimes
     assert again["selection"]["method"] == "dev" and len(again["selection"]["epoch_scores"]) == 1
+    assert (record["settings"]["seed"], again["settings"]["seed"]) == (42, 7)
+    other = AutoModelForSequenceClassification.from_pretrained(out / "RTE" / "student-dev-selected")
+    assert not torch.equal(other.cmow.encoder.ngram_embeddings.weight, model.cmow.encoder.ngram_embeddings.weight)
 
 
 def test_write_report_without_results_says_what_to_do(tmp_path):

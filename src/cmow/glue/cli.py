@@ -85,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     student.add_argument("--student", help="CMOW checkpoint to start the student from (default: random init)")
+    student.add_argument(
+        "--student-seed",
+        type=int,
+        help="seed of the student's init and batch order; split, held-out slice and copies follow --seed "
+        "(default: --seed)",
+    )
     student.add_argument("--student-name", help="student folder is student-NAME (default: random, pretrained or moe)")
     student.add_argument(
         "--student-config",

@@ -78,6 +78,9 @@ class GlueRunConfig:
         teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
             fine-tuning recipe.
         teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
+        student_seed: Seed of the student's initialisation and batch order; ``seed`` if None. The data split, the
+            held-out slice and the augmented copies follow ``seed``, so students of several ``student_seed`` share
+            their teacher and transfer set (a seed study).
         teacher_max_length: Teacher inputs are truncated to this many tokens; a CMOW student reads whole texts, a
             MoEBERT student the teacher's tokens.
         student_epochs, student_lr, student_batch_size: The student's recipe; epochs and learning rate default to
@@ -121,6 +124,7 @@ class GlueRunConfig:
     teacher_warmup_ratio: float = 0.1
     teacher_weight_decay: float = 0.0
     teacher_seed: int | None = None
+    student_seed: int | None = None
     teacher_max_length: int = 128
     student_epochs: float | None = None
     student_lr: float | None = None
@@ -394,6 +398,8 @@ def distill_student(
         train = join_transfer_set(train, tokenize(transfer, student_tokenizer), transfer_teacher_logits)
     dev = tokenize(data["validation"], student_tokenizer)
     selection_set = selection_data(cfg.selection, data)
+    if cfg.student_seed is not None:
+        torch.manual_seed(cfg.student_seed)
     student = build_student(cfg, task, student_tokenizer)
     student.config.teacher = public_name(teacher_record["model"])  # a path in records of older cmow versions
     student.config.distillation = {
@@ -404,6 +410,7 @@ def distill_student(
         "epochs": cfg.student_epochs,
         "lr": cfg.student_lr,
         "batch_size": cfg.student_batch_size,
+        "seed": cfg.seed if cfg.student_seed is None else cfg.student_seed,
         "init": public_name(cfg.student) if cfg.student else "random",
         "selection": cfg.selection,
         "transfer_copies": cfg.augment_copies,

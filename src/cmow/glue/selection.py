@@ -92,7 +92,7 @@ def student_training_args(cfg, folder: Path) -> TrainingArguments:
         eval_batch_size=cfg.eval_batch_size,
         warmup_ratio=0.1,
         weight_decay=0.0,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.student_seed is None else cfg.student_seed,
     )
 
 
