@@ -289,6 +289,37 @@ def test_an_ngram_table_the_kernel_cannot_read_sends_the_model_to_the_torch_path
         assert compiled_pooled_features(model.encoder, input_ids, mask) is None
 
 
+def test_the_call_of_older_remote_code_still_works_and_an_older_kernel_is_not_called(monkeypatch):
+    """Checkpoints saved by older cmow versions ship remote code that calls ``pooled`` without the n-gram arguments
+    (api 1); newer remote code must not call an older installed kernel with arguments it does not take."""
+    model = CMOWModel(tiny_config(matrix_size=5)).eval()
+    input_ids, mask = ragged_batch()
+    with torch.inference_mode():
+        compiled = compiled_pooled_features(model.encoder, input_ids, mask)
+        hidden, vocab, d, forward, backward, code, cbow, cbow_size, *_ = model.encoder._kernel_tables_cache[1]
+        old = torch.empty_like(compiled)
+        kernel_module.pooled(
+            old.data_ptr(),
+            hidden,
+            input_ids.data_ptr(),
+            mask.data_ptr(),
+            *input_ids.shape,
+            vocab,
+            d,
+            forward,
+            backward,
+            code,
+            cbow,
+            cbow_size,
+            code,
+            model.encoder.cbow_mean,
+            1,
+        )
+        torch.testing.assert_close(old, compiled, rtol=0, atol=0)
+        monkeypatch.setattr(kernel_module, "api", 1)
+        assert compiled_pooled_features(model.encoder, input_ids, mask) is None
+
+
 def test_set_isa_switches_among_the_isas_this_cpu_runs(isa):
     assert kernel_module.isas[0] == "generic" and kernel_module.isa == isa
     with pytest.raises(ValueError, match="not available"):

@@ -45,6 +45,9 @@
 namespace {
 
 constexpr int kMaxD = 32;
+// The version of `pooled`'s arguments, exported as `api`: 1 without n-grams (16 arguments, still accepted), 2 with
+// the n-gram table, its dtype, buckets and orders (20). cmow.modeling_cmow uses a kernel of its own version or newer.
+constexpr int kApi = 2;
 constexpr int kMaxStride = 32;            // row stride of the padded working matrices: d rounded up to 8
 constexpr float kNormEps = 1e-20f;        // as _NORM_EPS in modeling_cmow.py
 constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseconds: spawn one per ~100 us of work
@@ -639,7 +642,7 @@ Isa best_isa() {
 // integer >= 1.
 bool set_orders(Job& job, PyObject* orders) {
     std::vector<long long> values;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(orders); ++i) {
+    for (Py_ssize_t i = 0; orders != nullptr && i < PyTuple_GET_SIZE(orders); ++i) {
         const long long n = PyLong_AsLongLong(PyTuple_GET_ITEM(orders, i));
         if (n == -1 && PyErr_Occurred()) return false;
         if (n < 1) {
@@ -663,10 +666,19 @@ PyObject* pooled(PyObject*, PyObject* args) {
     Py_ssize_t out_stride, batch, seq, vocab, cbow_size, ngram_buckets;
     int d, matrix_dtype, cbow_dtype, cbow_mean, ngram_dtype, threads;
     PyObject* orders;
-    if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipKinO!i", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab, &d,
-                          &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean, &ngrams,
-                          &ngram_dtype, &ngram_buckets, &PyTuple_Type, &orders, &threads))
+    if (PyTuple_GET_SIZE(args) == 16) {
+        // The call of kApi 1, without n-grams: the remote code of checkpoints saved by older cmow versions makes it
+        // (and adds their n-grams itself), and must keep working against a newer kernel.
+        ngrams = 0, ngram_dtype = 0, ngram_buckets = 0, orders = nullptr;
+        if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipi", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab, &d,
+                              &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean,
+                              &threads))
+            return nullptr;
+    } else if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipKinO!i", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab,
+                                 &d, &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean,
+                                 &ngrams, &ngram_dtype, &ngram_buckets, &PyTuple_Type, &orders, &threads)) {
         return nullptr;
+    }
     if (d < 1 || d > kMaxD || matrix_dtype < 0 || matrix_dtype > 2 || cbow_dtype < 0 || cbow_dtype > 2 ||
         ngram_dtype < 0 || ngram_dtype > 2) {
         PyErr_Format(PyExc_ValueError, "cmow._kernel.pooled: matrix size %d or a table dtype is not supported.", d);
@@ -746,7 +758,8 @@ PyObject* set_isa(PyObject* module, PyObject* arg) {
 PyMethodDef methods[] = {
     {"pooled", pooled, METH_VARARGS,
      "pooled(out, out_stride, ids, mask, batch, seq, vocab, d, forward, backward, matrix_dtype, cbow, cbow_size, "
-     "cbow_dtype, cbow_mean, ngrams, ngram_dtype, ngram_buckets, ngram_orders, threads): the pooled "
+     "cbow_dtype, cbow_mean, ngrams, ngram_dtype, ngram_buckets, ngram_orders, threads), or without the four n-gram "
+     "arguments (api 1): the pooled "
      "[cbow; fw - I; bw - I] features of a batch, written into `out`. Arguments named after tensors are their data "
      "pointers (0: no such table; no mask: every position counts); dtypes: 0 float32, 1 float16, 2 bfloat16; "
      "`ngrams` has rows [0, ngram_buckets) of cbow_size, the orders are a tuple of ints. Private: call it through "
@@ -774,7 +787,7 @@ PyMODINIT_FUNC PyInit__kernel() {
     }
     if (isas == nullptr || PyModule_AddObject(module, "isas", isas) < 0 ||
         PyModule_AddStringConstant(module, "isa", kIsaNames[isa]) < 0 ||
-        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0) {
+        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0 || PyModule_AddIntConstant(module, "api", kApi) < 0) {
         Py_XDECREF(isas);
         Py_DECREF(module);
         return nullptr;

@@ -137,6 +137,7 @@ def tree_product(matrices: torch.Tensor) -> torch.Tensor:
 # The compiled kernel is looked up among the imported modules, never imported here: this file must load as remote code
 # with only torch and transformers installed. `import cmow` imports it when it was built (see setup.py).
 KERNEL_MODULE = "cmow._kernel"
+KERNEL_API = 2  # the version of the kernel's ``pooled`` arguments this file calls (``api`` in _kernel.cpp)
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -156,7 +157,8 @@ def compiled_pooled_features(
         ``(batch, hidden_size)`` float32, before dropout.
     """
     kernel = sys.modules.get(KERNEL_MODULE)
-    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu:
+    # An older kernel (of an older installed cmow, with newer remote code) lacks the n-gram arguments: torch runs.
+    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu or getattr(kernel, "api", 1) < KERNEL_API:
         return None
     # `weights` stays referenced until the kernel returns: it reads them by pointer, without the GIL, and another
     # thread may replace the module's parameters (model.half(), load_state_dict(assign=True)) meanwhile.
