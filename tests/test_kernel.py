@@ -8,10 +8,12 @@ import sys
 import pytest
 import torch
 
-from cmow import CMOWConfig, CMOWModel, encode
+from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, encode
 from cmow.glue.data import load_glue
-from cmow.modeling_cmow import KERNEL_MODULE, compiled_pooled_features, normalize_product
+from cmow.modeling_cmow import KERNEL_MODULE, compiled_pooled_features, ngram_bucket_ids, normalize_product
 from conftest import CBOW, PAD, SEP, VOCAB, random_ids, script_without_extension, tiny_config
+
+CLS = 2  # conftest.SPECIALS
 
 kernel_module = pytest.importorskip(KERNEL_MODULE, reason="cmow was installed without its compiled kernel")
 ISAS = kernel_module.isas  # the ISAs this CPU runs, the best (the default) last
@@ -66,12 +68,78 @@ def test_cbow_only_models_use_the_kernel_too(monkeypatch):
     torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cbow_pooling", ["mean", "sum"])
-def test_hashed_ngrams_join_the_kernels_bag(cbow_pooling, monkeypatch):
-    model = CMOWModel(tiny_config(ngram_orders=(2, 3), ngram_buckets=31, cbow_pooling=cbow_pooling)).eval()
+# --- hashed n-grams: hashed and summed by the kernel -----------------------------------------------------------------
+
+
+def ngram_model(orders: tuple[int, ...], buckets: int = 31, **overrides) -> CMOWModel:
+    """A model with n-grams of ``orders`` (1 too, which the config refuses but the hash defines) and random n-gram
+    vectors: they start at zero, and a wrong n-gram must show."""
+    config = tiny_config(ngram_orders=tuple(n for n in orders if n > 1) or (2,), ngram_buckets=buckets, **overrides)
+    model = CMOWModel(config).eval()
+    model.encoder.ngram_embeddings.orders = orders
     with torch.no_grad():
-        model.encoder.ngram_embeddings.weight[:-1].normal_()  # they start at zero; the padding row stays zero
+        model.encoder.ngram_embeddings.weight[:-1].normal_()  # the padding row stays zero
+    return model
+
+
+@pytest.mark.parametrize("orders", [(2,), (2, 3), (1, 2, 3), (3, 5), (4,), (2, 12)])
+@pytest.mark.parametrize("encoder,cbow_pooling", [("hybrid", "mean"), ("hybrid", "sum"), ("cbow", "mean")])
+def test_hashed_ngrams_join_the_kernels_bag(orders, encoder, cbow_pooling, monkeypatch):
+    # ragged_batch: padding, a hole in a mask, texts of 1 token and of none, texts shorter than the orders (12 > seq)
+    model = ngram_model(orders, encoder=encoder, bidirectional=encoder == "hybrid", cbow_pooling=cbow_pooling)
     compiled, reference = both_paths(model, *ragged_batch(), monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    assert not compiled[5].any(), "a text with every position masked has no n-grams either"
+    input_ids = random_ids(1, 2)  # batch 1, shorter than most orders, without a mask
+    compiled, reference = both_paths(model, input_ids, None, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("buckets", [7, 1000, 2**18, 1_000_003])
+@pytest.mark.parametrize("orders", [(2,), (1, 2, 3), (2, 5)])
+def test_the_kernel_hits_the_buckets_of_ngram_bucket_ids(buckets, orders, monkeypatch):
+    """N-gram vectors that code their row (count, row // 1024, row % 1024; sums of small integers, exact in
+    float32) and no token vectors: each text's bag is the sum of the codes of the buckets the kernel hit."""
+    model = ngram_model(orders, buckets, encoder="cbow", bidirectional=False, cbow_pooling="sum", cbow_size=3)
+    rows = torch.arange(buckets)
+    with torch.no_grad():
+        model.encoder.cbow_embeddings.weight.zero_()
+        model.encoder.ngram_embeddings.weight[:-1] = torch.stack([torch.ones(buckets), rows // 1024, rows % 1024], 1)
+    input_ids, mask = ragged_batch(batch=6, seq=9, seed=3)
+    input_ids = torch.cat([input_ids, random_ids(5, 9, generator_seed=4)])  # and full texts, large batch
+    mask = torch.cat([mask, torch.ones(5, 9, dtype=torch.bool)])
+    hit = ngram_bucket_ids(input_ids, mask, orders, buckets)  # (batch, orders, seq); `buckets` where none
+    codes = torch.cat([model.encoder.ngram_embeddings.weight.detach(), torch.zeros(1, 3)])
+    expected = codes[hit].sum(dim=(1, 2))  # (batch, 3)
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    assert torch.equal(compiled, expected)
+    assert torch.equal(reference, expected)
+    assert expected[:, 0].sum() > 0 and torch.equal(expected[5], torch.zeros(3))
+
+
+@pytest.mark.parametrize("pair_encoding", ["diffcat", "diffcat_prod"])
+def test_ngrams_of_pairs_through_the_model_forward(pair_encoding, monkeypatch):
+    """Each side of a pair is the whole input with the other side masked out (and [CLS] kept on both): the kernel's
+    n-grams must break where the torch path's do."""
+    config = tiny_config(
+        ngram_orders=(2, 3), ngram_buckets=41, pair_encoding=pair_encoding, num_labels=3, cls_token_id=CLS
+    )
+    model = CMOWForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.cmow.encoder.ngram_embeddings.weight[:-1].normal_()
+    input_ids = random_ids(4, 11)
+    input_ids[:, 0], input_ids[:, 4], input_ids[:, 8] = CLS, SEP, SEP  # [CLS] a a a [SEP] b b b [SEP] pad pad
+    input_ids[:, 9:] = PAD
+    attention_mask = (input_ids != PAD).long()
+    attention_mask[3, 5:] = 0  # a single text: a pair with an empty second side
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:3, 5:9] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    with torch.inference_mode():
+        compiled = model(**inputs).logits
+        with monkeypatch.context() as patch:
+            patch.delitem(sys.modules, KERNEL_MODULE)
+            reference = model(**inputs).logits
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
 
 
@@ -107,7 +175,7 @@ def test_kernel_gives_the_direction_of_the_true_product():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_tables_are_widened_exactly(dtype, monkeypatch):
-    half = CMOWModel(tiny_config(matrix_size=20)).eval().to(dtype)
+    half = ngram_model((2, 3), matrix_size=20).to(dtype)
     widened = CMOWModel(half.config).eval()
     widened.load_state_dict({name: value.float() for name, value in half.state_dict().items()})
     input_ids, mask = ragged_batch()
@@ -119,7 +187,7 @@ def test_half_precision_tables_are_widened_exactly(dtype, monkeypatch):
 
 
 def test_threads_do_not_change_any_row():
-    model = CMOWModel(tiny_config(matrix_size=20)).eval()
+    model = ngram_model((2, 3), matrix_size=20)
     input_ids = random_ids(257, 40)
     mask = torch.ones_like(input_ids, dtype=torch.bool)
     threads = torch.get_num_threads()
@@ -175,10 +243,16 @@ def test_the_kernel_follows_tables_changed_after_a_call(monkeypatch):
 
 def test_a_table_of_another_dtype_at_the_same_address_is_not_read_as_the_old_one(monkeypatch):
     """The allocator may give a converted table its old address: the remembered arguments must not outlive it."""
-    model = CMOWModel(tiny_config()).eval()
+    model = ngram_model((2, 3))
     input_ids, mask = ragged_batch()
     both_paths(model, input_ids, mask, monkeypatch)  # remembers float32 tables
-    for module in (model.encoder.cmow_embeddings, model.encoder.cmow_bw_embeddings, model.encoder.cbow_embeddings):
+    encoder = model.encoder
+    for module in (
+        encoder.cmow_embeddings,
+        encoder.cmow_bw_embeddings,
+        encoder.cbow_embeddings,
+        encoder.ngram_embeddings,
+    ):
         old = module.weight.data
         half = torch.empty(0, dtype=torch.float16).set_(old.untyped_storage(), 0, old.shape)  # same address and shape
         half.copy_(old.clone())
@@ -186,6 +260,64 @@ def test_a_table_of_another_dtype_at_the_same_address_is_not_read_as_the_old_one
         module.weight = torch.nn.Parameter(half)
     compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
     torch.testing.assert_close(compiled, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_the_kernel_follows_a_changed_ngram_table(monkeypatch):
+    model = ngram_model((2, 3))
+    input_ids, mask = ragged_batch()
+    both_paths(model, input_ids, mask, monkeypatch)  # remembers the n-gram table's arguments
+    ngrams = model.encoder.ngram_embeddings
+    ngrams.weight.data = ngrams.weight.data.flip(0).contiguous()  # the same parameter, other storage
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    ngrams.orders = (2, 4)  # the same table, other n-grams
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    model.encoder.ngram_embeddings = ngram_model((3,), buckets=13).encoder.ngram_embeddings  # other buckets
+    compiled, reference = both_paths(model, input_ids, mask, monkeypatch)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_an_ngram_table_the_kernel_cannot_read_sends_the_model_to_the_torch_path():
+    model = ngram_model((2, 3))
+    input_ids, mask = ragged_batch()
+    ngrams = model.encoder.ngram_embeddings
+    with torch.inference_mode():
+        ngrams.weight = torch.nn.Parameter(ngrams.weight.double())  # a dtype the kernel does not read
+        assert compiled_pooled_features(model.encoder, input_ids, mask) is None
+        ngrams.weight = torch.nn.Parameter(ngrams.weight[:10].float())  # too few rows for its buckets
+        assert compiled_pooled_features(model.encoder, input_ids, mask) is None
+
+
+def test_the_call_of_older_remote_code_still_works_and_an_older_kernel_is_not_called(monkeypatch):
+    """Checkpoints saved by older cmow versions ship remote code that calls ``pooled`` without the n-gram arguments
+    (api 1); newer remote code must not call an older installed kernel with arguments it does not take."""
+    model = CMOWModel(tiny_config(matrix_size=5)).eval()
+    input_ids, mask = ragged_batch()
+    with torch.inference_mode():
+        compiled = compiled_pooled_features(model.encoder, input_ids, mask)
+        hidden, vocab, d, forward, backward, code, cbow, cbow_size, *_ = model.encoder._kernel_tables_cache[1]
+        old = torch.empty_like(compiled)
+        kernel_module.pooled(
+            old.data_ptr(),
+            hidden,
+            input_ids.data_ptr(),
+            mask.data_ptr(),
+            *input_ids.shape,
+            vocab,
+            d,
+            forward,
+            backward,
+            code,
+            cbow,
+            cbow_size,
+            code,
+            model.encoder.cbow_mean,
+            1,
+        )
+        torch.testing.assert_close(old, compiled, rtol=0, atol=0)
+        monkeypatch.setattr(kernel_module, "api", 1)
+        assert compiled_pooled_features(model.encoder, input_ids, mask) is None
 
 
 def test_set_isa_switches_among_the_isas_this_cpu_runs(isa):

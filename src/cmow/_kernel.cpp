@@ -1,21 +1,24 @@
 // cmow._kernel: the pooled CMOW features of a batch in one call, on the CPU (optional; see setup.py).
 //
 // For each text (a row of token ids with a mask; no mask: every position counts) it writes [cbow; fw - I; bw - I] into
-// one row of a float32 output: the sum or mean of the CBOW vectors, and for each matrix table the ordered product of
-// the token matrices (backward table: in reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked
-// positions are skipped (the identity); a text with no unmasked position gives zeros. It is the compiled twin of the
-// torch path in modeling_cmow.py (`CMOWEncoder.forward` without token states), called through
-// `compiled_pooled_features` there, which checks every argument; call it only through that function.
+// one row of a float32 output: the sum or mean of the CBOW vectors and of the vectors of the text's hashed n-grams
+// (if the model has them), and for each matrix table the ordered product of the token matrices (backward table: in
+// reverse order), rescaled to Frobenius norm sqrt(d), minus the identity. Masked positions are skipped (the identity)
+// and no n-gram spans one; a text with no unmasked position gives zeros. It is the compiled twin of the torch path
+// in modeling_cmow.py (`CMOWEncoder.forward` without token states), called through `compiled_pooled_features`
+// there, which checks every argument; call it only through that function.
 //
 // Numerics: float32 throughout (fp16 and bf16 tables are widened on load). One text's product is a tree reduction,
 // like the torch path's (see `chain`); every partial product is rescaled to norm sqrt(d) before it is multiplied
 // again (folded into that product's store), so no intermediate is larger than max(sqrt(d), ||E||)^2 and the result
-// is the direction P * sqrt(d) / ||P||_F of the true product.
+// is the direction P * sqrt(d) / ||P||_F of the true product. N-gram buckets are the torch path's exactly (the same
+// integer hash, see `ngram_rows`).
 //
-// Speed: the gather, the mask, the products, the rescaling, the bag and the identity offset are fused; rows are shared
-// among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16, jobs of 512 products or more) or
-// AVX2/FMA when the CPU has them (chosen at run time; rows padded to a multiple of 8 floats, register-blocked), else
-// portable loops the compiler vectorises. The .so runs on any x86-64: only functions marked for an ISA use it.
+// Speed: the gather, the mask, the n-gram hash, the products, the rescaling, the bag and the identity offset are
+// fused; rows are shared among threads. The product of two d x d matrices (d <= 32) uses AVX-512 (d > 16, jobs of
+// 512 products or more) or AVX2/FMA when the CPU has them (chosen at run time; rows padded to a multiple of 8 floats,
+// register-blocked), else portable loops the compiler vectorises. The .so runs on any x86-64: only functions marked
+// for an ISA use it.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -42,6 +45,9 @@
 namespace {
 
 constexpr int kMaxD = 32;
+// The version of `pooled`'s arguments, exported as `api`: 1 without n-grams (16 arguments, still accepted), 2 with
+// the n-gram table, its dtype, buckets and orders (20). cmow.modeling_cmow uses a kernel of its own version or newer.
+constexpr int kApi = 2;
 constexpr int kMaxStride = 32;            // row stride of the padded working matrices: d rounded up to 8
 constexpr float kNormEps = 1e-20f;        // as _NORM_EPS in modeling_cmow.py
 constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseconds: spawn one per ~100 us of work
@@ -50,6 +56,15 @@ constexpr int64_t kProductsPerThread = 512;  // a thread costs tens of microseco
 // 256 it made the encoder 1.07-1.18x faster.
 constexpr int64_t kAvx512MinProducts = 512;
 constexpr int64_t kMatricesAhead = 2;         // token matrices requested ahead of their product
+// N-gram vectors requested ahead of their sum. A text's first ones are requested as soon as it is hashed, before its
+// token vectors are summed: n-gram rows miss the caches more often than token rows (at the defaults the table has 8x
+// the vocabulary's rows, each hit less often), and on SST-2 batches a window of 64 rows was faster than one of 2.
+constexpr int64_t kNgramsAhead = 64;
+
+// The n-gram hash, as NGRAM_HASH_MODULUS, NGRAM_HASH_MULTIPLIER and NGRAM_HASH_MIX in modeling_cmow.py.
+constexpr int64_t kHashModulus = 2147483647;  // 2**31 - 1
+constexpr int64_t kHashMultiplier = 1540483477;
+constexpr int64_t kHashMix = 668265263;
 
 enum Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
@@ -66,15 +81,25 @@ struct Job {
     int64_t cbow_size;
     int cbow_dtype;
     bool cbow_mean;
+    const void* ngrams;  // the n-gram table, rows of cbow_size (null: no n-grams; then is_order is empty)
+    int ngram_dtype;
+    int64_t ngram_buckets;       // rows the hash picks from: [0, ngram_buckets)
+    std::vector<bool> is_order;  // is_order[n]: n-grams of order n join the bag (n <= seq: longer ones never fit)
+    int64_t orders = 0;          // the orders in is_order: a text has at most seq * orders n-grams
     std::atomic<int64_t> next_row{0};   // the next row to claim
     std::atomic<int64_t> done_rows{0};  // rows finished
 };
 
 // One thread's working memory: the stack of partial products of the tree reduction (padded d x stride matrices,
-// zero-initialised so that their padding columns are zero) and a buffer to widen half-precision rows into.
+// zero-initialised so that their padding columns are zero), a buffer to widen half-precision rows into, and the
+// n-gram table rows of a text.
 struct Workspace {
-    Workspace(int d, int64_t seq) : size(d * padded(d)), depth(2), flat(static_cast<size_t>(d) * d) {
-        while ((int64_t{1} << (depth - 2)) < seq) ++depth;  // the stack never holds more than log2(seq) + 2 entries
+    explicit Workspace(const Job& job)
+        : size(job.d * padded(job.d)),
+          depth(2),
+          flat(static_cast<size_t>(job.d) * job.d),
+          ngram_rows(static_cast<size_t>(job.seq * job.orders)) {
+        while ((int64_t{1} << (depth - 2)) < job.seq) ++depth;  // the stack never holds more than log2(seq) + 2
         storage.assign(static_cast<size_t>(depth) * size + 8, 0.0f);
         level.resize(depth);
         scale.resize(depth);
@@ -88,6 +113,7 @@ struct Workspace {
     int size, depth;
     std::vector<float> storage, flat, scale;
     std::vector<int> level;
+    std::vector<int64_t> ngram_rows;
 };
 
 inline int padded(int d) { return Workspace::padded(d); }
@@ -468,11 +494,46 @@ void chain(const Job& job, const void* table, bool reverse, const int64_t* ids, 
         for (int c = 0; c < d; ++c) out[r * d + c] = product[r * stride + c] * scale - (r == c ? 1.0f : 0.0f);
 }
 
+// The n-gram table rows of one text into `rows`; returns how many. As in modeling_cmow.ngram_bucket_ids: an n-gram
+// ends at each position whose last n positions are all unmasked, and is hashed newest token first, so one pass back
+// from its end serves every order: h = 0; h = ((h xor (t + 1)) * A) mod P for t = t_n, ..., t_1; then it is mixed
+// with its order n and the bucket is the result mod buckets. Every factor is below 2^31 (h < P = 2^31 - 1, and token
+// ids were checked against the vocabulary size, far below that), so products stay below 2^62, in int64, as in torch.
+int64_t ngram_rows(const Job& job, const int64_t* ids, const uint8_t* mask, int64_t* rows) {
+    const int64_t longest = static_cast<int64_t>(job.is_order.size()) - 1;
+    int64_t count = 0, run = 0;  // run: unmasked positions that end at `position`
+    for (int64_t position = 0; position < job.seq; ++position) {
+        run = mask == nullptr || mask[position] ? run + 1 : 0;
+        int64_t hash = 0;
+        for (int64_t n = 1; n <= std::min(run, longest); ++n) {
+            hash = (hash ^ (ids[position - n + 1] + 1)) * kHashMultiplier % kHashModulus;
+            if (!job.is_order[n]) continue;
+            int64_t mixed = hash ^ n;
+            mixed = (mixed ^ (mixed >> 16)) * kHashMix % kHashModulus;
+            rows[count++] = (mixed ^ (mixed >> 13)) % job.ngram_buckets;
+        }
+    }
+    return count;
+}
+
+// Adds the n-gram vectors of `count` rows into acc[0, cbow_size); the first kNgramsAhead were requested already.
+template <class Ops>
+void sum_ngrams(const Job& job, const int64_t* rows, int64_t count, float* acc) {
+    const int64_t size = job.cbow_size;
+    for (int64_t i = 0; i < count; ++i) {
+        if (i + kNgramsAhead < count) prefetch(job.ngrams, job.ngram_dtype, rows[i + kNgramsAhead] * size, size);
+        Ops::accumulate(job.ngrams, job.ngram_dtype, rows[i] * size, size, acc);
+    }
+}
+
 template <class Ops>
 void encode_row(const Job& job, int64_t row, Workspace& work) {
     const int64_t* ids = job.ids + row * job.seq;
     const uint8_t* mask = job.mask != nullptr ? job.mask + row * job.seq : nullptr;
     float* out = job.out + row * job.out_stride;
+    const int64_t ngrams = job.ngrams != nullptr ? ngram_rows(job, ids, mask, work.ngram_rows.data()) : 0;
+    for (int64_t i = 0; i < std::min(ngrams, kNgramsAhead); ++i)
+        prefetch(job.ngrams, job.ngram_dtype, work.ngram_rows[i] * job.cbow_size, job.cbow_size);
     if (row + 1 < job.batch) {  // the next text's rows, while this one is encoded
         const int64_t* next_ids = ids + job.seq;
         const uint8_t* next_mask = mask != nullptr ? mask + job.seq : nullptr;
@@ -497,6 +558,7 @@ void encode_row(const Job& job, int64_t row, Workspace& work) {
             Ops::accumulate(job.cbow, job.cbow_dtype, ids[position] * job.cbow_size, job.cbow_size, out);
             ++count;
         }
+        sum_ngrams<Ops>(job, work.ngram_rows.data(), ngrams, out);  // into the same sum: a mean counts tokens only
         if (job.cbow_mean) {
             const float denominator = static_cast<float>(std::max<int64_t>(count, 1));
             for (int64_t i = 0; i < job.cbow_size; ++i) out[i] /= denominator;
@@ -525,7 +587,7 @@ void work(Job& job, Workspace& workspace) {
 // on a loaded 2-core machine.
 template <class Ops>
 void run(const std::shared_ptr<Job>& job, int threads) {
-    Workspace workspace(job->d, job->seq);  // before any helper starts: if this throws, nothing runs
+    Workspace workspace(*job);  // before any helper starts: if this throws, nothing runs
     const int64_t tables = (job->tables[0] != nullptr) + (job->tables[1] != nullptr);
     const int64_t products = job->batch * std::max<int64_t>(job->seq * tables, 1);
     const int64_t helpers = std::min<int64_t>({threads, job->batch, 1 + products / kProductsPerThread}) - 1;
@@ -533,7 +595,7 @@ void run(const std::shared_ptr<Job>& job, int threads) {
         try {
             std::thread([job] {
                 try {
-                    Workspace own(job->d, job->seq);  // allocated before claiming a row
+                    Workspace own(*job);  // allocated before claiming a row
                     work<Ops>(*job, own);
                 } catch (...) {  // out of memory: this helper claimed nothing, the others do the work
                 }
@@ -576,15 +638,55 @@ Isa best_isa() {
 #endif
 }
 
+// job.is_order and job.orders from the tuple `orders` of n-gram orders; false with a Python error if one is not an
+// integer >= 1.
+bool set_orders(Job& job, PyObject* orders) {
+    std::vector<long long> values;
+    for (Py_ssize_t i = 0; orders != nullptr && i < PyTuple_GET_SIZE(orders); ++i) {
+        const long long n = PyLong_AsLongLong(PyTuple_GET_ITEM(orders, i));
+        if (n == -1 && PyErr_Occurred()) return false;
+        if (n < 1) {
+            PyErr_Format(PyExc_ValueError, "cmow._kernel.pooled: n-gram order %lld is not >= 1.", n);
+            return false;
+        }
+        values.push_back(n);
+    }
+    job.is_order.clear();
+    if (job.ngrams == nullptr || values.empty()) return true;
+    const long long longest = std::min<long long>(*std::max_element(values.begin(), values.end()), job.seq);
+    job.is_order.assign(static_cast<size_t>(longest) + 1, false);
+    for (long long n : values)
+        if (n <= longest) job.is_order[n] = true;
+    job.orders = std::count(job.is_order.begin(), job.is_order.end(), true);
+    return true;
+}
+
 PyObject* pooled(PyObject*, PyObject* args) {
-    unsigned long long out, ids, mask, forward, backward, cbow;
-    Py_ssize_t out_stride, batch, seq, vocab, cbow_size;
-    int d, matrix_dtype, cbow_dtype, cbow_mean, threads;
-    if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipi", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab, &d,
-                          &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean, &threads))
+    unsigned long long out, ids, mask, forward, backward, cbow, ngrams;
+    Py_ssize_t out_stride, batch, seq, vocab, cbow_size, ngram_buckets;
+    int d, matrix_dtype, cbow_dtype, cbow_mean, ngram_dtype, threads;
+    PyObject* orders;
+    if (PyTuple_GET_SIZE(args) == 16) {
+        // The call of kApi 1, without n-grams: the remote code of checkpoints saved by older cmow versions makes it
+        // (and adds their n-grams itself), and must keep working against a newer kernel.
+        ngrams = 0, ngram_dtype = 0, ngram_buckets = 0, orders = nullptr;
+        if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipi", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab, &d,
+                              &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean,
+                              &threads))
+            return nullptr;
+    } else if (!PyArg_ParseTuple(args, "KnKKnnniKKiKnipKinO!i", &out, &out_stride, &ids, &mask, &batch, &seq, &vocab,
+                                 &d, &forward, &backward, &matrix_dtype, &cbow, &cbow_size, &cbow_dtype, &cbow_mean,
+                                 &ngrams, &ngram_dtype, &ngram_buckets, &PyTuple_Type, &orders, &threads)) {
         return nullptr;
-    if (d < 1 || d > kMaxD || matrix_dtype < 0 || matrix_dtype > 2 || cbow_dtype < 0 || cbow_dtype > 2) {
+    }
+    if (d < 1 || d > kMaxD || matrix_dtype < 0 || matrix_dtype > 2 || cbow_dtype < 0 || cbow_dtype > 2 ||
+        ngram_dtype < 0 || ngram_dtype > 2) {
         PyErr_Format(PyExc_ValueError, "cmow._kernel.pooled: matrix size %d or a table dtype is not supported.", d);
+        return nullptr;
+    }
+    if (ngrams != 0 && ngram_buckets < 1) {
+        PyErr_Format(PyExc_ValueError, "cmow._kernel.pooled: %zd n-gram buckets; there must be at least one.",
+                     ngram_buckets);
         return nullptr;
     }
     const int64_t* id_data = reinterpret_cast<const int64_t*>(ids);
@@ -610,6 +712,14 @@ PyObject* pooled(PyObject*, PyObject* args) {
     job->cbow_size = cbow_size;
     job->cbow_dtype = cbow_dtype;
     job->cbow_mean = cbow_mean != 0;
+    job->ngrams = cbow != 0 ? reinterpret_cast<const void*>(ngrams) : nullptr;  // they join the bag: none without
+    job->ngram_dtype = ngram_dtype;
+    job->ngram_buckets = ngram_buckets;
+    try {
+        if (!set_orders(*job, orders)) return nullptr;
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    }
     bool out_of_memory = false;
     Py_BEGIN_ALLOW_THREADS
     try {
@@ -648,9 +758,11 @@ PyObject* set_isa(PyObject* module, PyObject* arg) {
 PyMethodDef methods[] = {
     {"pooled", pooled, METH_VARARGS,
      "pooled(out, out_stride, ids, mask, batch, seq, vocab, d, forward, backward, matrix_dtype, cbow, cbow_size, "
-     "cbow_dtype, cbow_mean, threads): the pooled [cbow; fw - I; bw - I] features of a batch, written into `out`. "
-     "Arguments named after tensors are their data pointers (0: no such table; no mask: every position counts); "
-     "dtypes: 0 float32, 1 float16, 2 bfloat16. Private: call it through "
+     "cbow_dtype, cbow_mean, ngrams, ngram_dtype, ngram_buckets, ngram_orders, threads), or without the four n-gram "
+     "arguments (api 1): the pooled "
+     "[cbow; fw - I; bw - I] features of a batch, written into `out`. Arguments named after tensors are their data "
+     "pointers (0: no such table; no mask: every position counts); dtypes: 0 float32, 1 float16, 2 bfloat16; "
+     "`ngrams` has rows [0, ngram_buckets) of cbow_size, the orders are a tuple of ints. Private: call it through "
      "cmow.modeling_cmow.compiled_pooled_features, which checks them."},
     {"set_isa", set_isa, METH_O,
      "set_isa(name): run the code of one of `isas` from now on, for every job (for tests; by default jobs of fewer "
@@ -675,7 +787,7 @@ PyMODINIT_FUNC PyInit__kernel() {
     }
     if (isas == nullptr || PyModule_AddObject(module, "isas", isas) < 0 ||
         PyModule_AddStringConstant(module, "isa", kIsaNames[isa]) < 0 ||
-        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0) {
+        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0 || PyModule_AddIntConstant(module, "api", kApi) < 0) {
         Py_XDECREF(isas);
         Py_DECREF(module);
         return nullptr;

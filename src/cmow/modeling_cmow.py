@@ -13,7 +13,8 @@ model, and are cast back to the model's dtype at the end.
 Speed: no Python loop runs over positions. The pooled product is a pairwise (log-depth) reduction; per-token prefix
 products are a Hillis-Steele parallel scan, also log-depth. For inference on the CPU, the pooled features come from
 the compiled kernel ``cmow._kernel`` when the cmow package was installed with it and has been imported (see
-``compiled_pooled_features``); it reduces the products as a tree too and agrees with the torch path to 1e-5.
+``compiled_pooled_features``); it reduces the products as a tree too, hashes n-grams into the same buckets as
+``ngram_bucket_ids`` in the pass that sums the token vectors, and agrees with the torch path to 1e-5.
 
 This file is shipped as remote code next to saved checkpoints: it imports only torch, transformers, its config and
 ``encode.py`` (``model.encode``).
@@ -136,6 +137,7 @@ def tree_product(matrices: torch.Tensor) -> torch.Tensor:
 # The compiled kernel is looked up among the imported modules, never imported here: this file must load as remote code
 # with only torch and transformers installed. `import cmow` imports it when it was built (see setup.py).
 KERNEL_MODULE = "cmow._kernel"
+KERNEL_API = 2  # the version of the kernel's ``pooled`` arguments this file calls (``api`` in _kernel.cpp)
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -145,24 +147,25 @@ def compiled_pooled_features(
     """Pooled ``[cbow; cmow_fw - I; cmow_bw - I]`` features by the compiled kernel, or ``None`` where it cannot run.
 
     It applies when ``cmow._kernel`` is loaded, autograd is off (``torch.no_grad`` or ``torch.inference_mode``), the
-    inputs are on the CPU, ``matrix_size <= 32`` and the tables are all float32, all float16 or all bfloat16;
-    otherwise the caller runs the torch path (``CMOWEncoder.forward``), which this must equal (to 1e-5;
-    tests/test_kernel.py). One call per batch does the lookups, the masking, the products with their rescaling, the
-    CBOW bag and the identity offset; hashed n-grams, if the model has them, are added by torch. A ``mask`` of
-    ``None`` encodes every position.
+    inputs are on the CPU, ``matrix_size <= 32`` and the tables (the n-gram table too) are all float32, all float16
+    or all bfloat16; otherwise the caller runs the torch path (``CMOWEncoder.forward``), which this must equal (to
+    1e-5; tests/test_kernel.py). One call per batch does the lookups, the masking, the products with their
+    rescaling, the CBOW bag with the hashed n-grams (the kernel hashes them as ``ngram_bucket_ids`` does) and the
+    identity offset. A ``mask`` of ``None`` encodes every position.
 
     Returns:
         ``(batch, hidden_size)`` float32, before dropout.
     """
     kernel = sys.modules.get(KERNEL_MODULE)
-    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu:
+    # An older kernel (of an older installed cmow, with newer remote code) lacks the n-gram arguments: torch runs.
+    if kernel is None or torch.is_grad_enabled() or not input_ids.is_cpu or getattr(kernel, "api", 1) < KERNEL_API:
         return None
     # `weights` stays referenced until the kernel returns: it reads them by pointer, without the GIL, and another
     # thread may replace the module's parameters (model.half(), load_state_dict(assign=True)) meanwhile.
     weights, tables = _kernel_tables(encoder, kernel)
     if tables is None:
         return None
-    hidden, vocab, d, forward, backward, code, cbow, cbow_size = tables
+    hidden, vocab, d, forward, backward, code, cbow, cbow_size, ngrams, buckets, orders = tables
     if input_ids.dtype != torch.int64 or not input_ids.is_contiguous():  # a conversion costs more than the check
         input_ids = input_ids.to(torch.int64).contiguous()
     mask = None if mask is None else mask.to(torch.bool).contiguous()
@@ -184,13 +187,13 @@ def compiled_pooled_features(
         cbow_size,
         code,
         encoder.cbow_mean,
+        ngrams,
+        code,
+        buckets,
+        orders,
         torch.get_num_threads(),
     )
     del weights
-    if encoder.ngram_embeddings is not None:  # hashed n-grams join the bag: summed by torch, added here
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask
-        ngrams = encoder.ngram_embeddings(input_ids, mask, token_states=False).float()  # (batch, cbow)
-        out[:, :cbow_size] += ngrams / mask.sum(dim=1).clamp_min(1)[:, None] if encoder.cbow_mean else ngrams
     return out
 
 
@@ -201,44 +204,53 @@ def _registered_weight(module: nn.Module) -> torch.Tensor:
 
 
 def _kernel_tables(encoder: "CMOWEncoder", kernel) -> tuple:
-    """``(weights, arguments)``: the three tables (``None`` where absent) and the kernel's arguments that describe
+    """``(weights, arguments)``: the four tables (``None`` where absent) and the kernel's arguments that describe
     them, or ``None`` as arguments where the kernel cannot run on them.
 
-    Arguments: ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size)``, pointers 0 for absent tables.
-    Checking the tables costs ~8 us, as much as the kernel's work on a short text, so the result is kept on the
-    encoder for as long as its weights have the same data pointers, shapes, strides, dtypes and devices (the
-    allocator may give a converted table its old address). The weights are read from the modules' registries:
-    ``nn.Module`` attribute lookups cost ~0.5 us each; a parametrized weight is not in the registry and is looked up.
+    Arguments: ``(hidden, vocab, d, forward, backward, dtype code, cbow, cbow_size, ngrams, ngram_buckets,
+    ngram_orders)``, pointers 0 for absent tables. Checking the tables costs ~8 us, as much as the kernel's work on a
+    short text, so the result is kept on the encoder for as long as its weights have the same data pointers, shapes,
+    strides, dtypes and devices (the allocator may give a converted table its old address) and the n-gram table the
+    same orders and bucket count. The weights are read from the modules' registries: ``nn.Module`` attribute lookups
+    cost ~0.5 us each; a parametrized weight is not in the registry and is looked up.
     """
     modules = encoder._modules
     weights = tuple(
         None if (module := modules.get(name)) is None else _registered_weight(module)
-        for name in ("cmow_embeddings", "cmow_bw_embeddings", "cbow_embeddings")
+        for name in ("cmow_embeddings", "cmow_bw_embeddings", "cbow_embeddings", "ngram_embeddings")
     )
-    key = tuple(None if w is None else (w.data_ptr(), w.shape, w.stride(), w.dtype, w.device) for w in weights)
+    ngram = modules.get("ngram_embeddings")
+    # (buckets, orders) of the n-gram hash: module attributes, not weights, so the key holds them too
+    hashing = (0, ()) if ngram is None else (ngram.padding_idx, tuple(ngram.orders))
+    key = (hashing, *(None if w is None else (w.data_ptr(), w.shape, w.stride(), w.dtype, w.device) for w in weights))
     cached = encoder.__dict__.get("_kernel_tables_cache")
     if cached is not None and cached[0] == key:
         return weights, cached[1]
-    fw, bw, cbow = weights
+    fw, bw, cbow, ngrams = weights
     present = [table for table in weights if table is not None]
+    token_tables = [table for table in (fw, bw, cbow) if table is not None]
     d = modules["cmow_embeddings"].matrix_size if fw is not None else 1
+    cbow_size = cbow.shape[1] if cbow is not None else 0
     tables = None
     if (
         present[0].dtype in _KERNEL_DTYPES
         and d <= kernel.max_matrix_size
         and all(t.dtype == present[0].dtype and t.is_cpu and t.is_contiguous() for t in present)
+        # the kernel reads n-gram rows [0, buckets) of cbow_size; a table that lacks them fails on the torch path
+        and (ngrams is None or (ngrams.dim() == 2 and ngrams.shape[0] > hashing[0] and ngrams.shape[1] == cbow_size))
     ):
         assert fw is None or fw.shape[1] == d * d == (bw if bw is not None else fw).shape[1], "tables: (vocab, d*d)"
-        cbow_size = cbow.shape[1] if cbow is not None else 0
         tables = (
-            cbow_size + (len(present) - (cbow is not None)) * d * d,
-            min(table.shape[0] for table in present),  # ids are checked against the rows the kernel may read
+            cbow_size + (len(token_tables) - (cbow is not None)) * d * d,
+            min(table.shape[0] for table in token_tables),  # ids are checked against the rows the kernel may read
             d,
             0 if fw is None else fw.data_ptr(),
             0 if bw is None else bw.data_ptr(),
             _KERNEL_DTYPES[present[0].dtype],
             0 if cbow is None else cbow.data_ptr(),
             cbow_size,
+            0 if ngrams is None else ngrams.data_ptr(),
+            *hashing,
         )
     encoder._kernel_tables_cache = (key, tables)
     return weights, tables
@@ -287,7 +299,8 @@ def matrices_of_no_texts(table: MatrixEmbedding) -> torch.Tensor:
 
 
 # The n-gram hash is exact int64 arithmetic on values below 2**31 (every product stays below 2**62), so it is the
-# same on every platform, device and process, unlike Python's salted ``hash``.
+# same on every platform, device and process, unlike Python's salted ``hash``. The compiled kernel computes it too
+# (``ngram_rows`` in _kernel.cpp, with these constants): a change here must be made there (tests/test_kernel.py).
 NGRAM_HASH_MODULUS = 2**31 - 1  # a Mersenne prime
 NGRAM_HASH_MULTIPLIER = 1540483477  # MurmurHash2's m, below the modulus
 NGRAM_HASH_MIX = 668265263  # xxHash32's fourth prime, below the modulus
