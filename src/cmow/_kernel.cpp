@@ -787,7 +787,8 @@ PyMODINIT_FUNC PyInit__kernel() {
     }
     if (isas == nullptr || PyModule_AddObject(module, "isas", isas) < 0 ||
         PyModule_AddStringConstant(module, "isa", kIsaNames[isa]) < 0 ||
-        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0 || PyModule_AddIntConstant(module, "api", kApi) < 0) {
+        PyModule_AddIntConstant(module, "max_matrix_size", kMaxD) < 0 ||
+        PyModule_AddIntConstant(module, "api", kApi) < 0) {
         Py_XDECREF(isas);
         Py_DECREF(module);
         return nullptr;
