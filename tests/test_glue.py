@@ -355,6 +355,30 @@ def test_a_teacher_base_with_another_label_set_gets_a_fresh_head(shared_data, to
     assert teacher.config.num_labels == 2 and teacher.classifier.out_features == 2
 
 
+def test_models_of_a_regression_task_start_a_classification_task(shared_data, tokenizer, tmp_path):
+    """STS-B checkpoints (teacher and student) as the start of MRPC: their ``problem_type`` "regression" must not
+    survive, or the loss is an MSE of 2 logits against 0/1 labels (a crash)."""
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=17
+    )
+    teacher_base, student_base = tmp_path / "stsb-teacher", tmp_path / "stsb-student"
+    config.num_labels, config.problem_type = 1, "regression"
+    BertForSequenceClassification(config).save_pretrained(teacher_base)
+    tokenizer.save_pretrained(teacher_base)
+    student_config = CMOWConfig.from_tokenizer(
+        tokenizer, matrix_size=4, cbow_size=7, num_labels=1, problem_type="regression", pair_encoding="diffcat"
+    )
+    CMOWForSequenceClassification(student_config).save_pretrained(student_base)
+    out = tmp_path / "runs"
+    args = ["glue", "MRPC", "--teacher-base", str(teacher_base), "--teacher-epochs", "1", "--student-epochs", "1"]
+    args += ["--student", str(student_base), "--student-name", "from-stsb", "--output-dir", str(out)]
+    args += ["--glue-dir", str(shared_data / "glue"), "--max-train-samples", "20", "--max-eval-samples", "10"]
+    assert cli.main(args) == 0
+    for folder in ("teacher", "student-from-stsb"):
+        model = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / folder)
+        assert (model.config.num_labels, model.config.problem_type) == (2, "single_label_classification"), folder
+
+
 def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
     """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
     base = _tiny_teacher_base(tokenizer, tmp_path / "tiny-bert")

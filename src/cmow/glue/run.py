@@ -200,12 +200,7 @@ def finetune_teacher(
     tokenizer = AutoTokenizer.from_pretrained(base)
     # A base that already has a classifier head for another label set (e.g. an MNLI model for RTE) gets a fresh head
     # of the task's size, as with the stock run_glue's --ignore_mismatched_sizes; a head of the right size is kept.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base,
-        num_labels=task.num_labels,
-        id2label=dict(enumerate(task.label_names or ("score",))),
-        ignore_mismatched_sizes=True,
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(base, ignore_mismatched_sizes=True, **task_head(task))
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
     selection_set = selection_data(cfg.selection, data)
@@ -251,16 +246,22 @@ def finetune_teacher(
     return trainer.model, tokenizer
 
 
+def task_head(task: GlueTask) -> dict:
+    """Config overrides for the task's classifier head. ``problem_type`` is set, not left to be inferred, because a
+    checkpoint of another task keeps its own: an STS-B model (regression) would compute MSE against MRPC's labels."""
+    return {
+        "num_labels": task.num_labels,
+        "id2label": dict(enumerate(task.label_names or ("score",))),
+        "problem_type": "regression" if task.num_labels == 1 else "single_label_classification",
+    }
+
+
 def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """A CMOW classifier for the task: from ``cfg.student`` or a random bidirectional Hybrid CMOW with MLP head.
 
     ``cfg.student_config`` overrides the config either way (a checkpoint's token tables are kept where they fit).
     """
-    head = {
-        "num_labels": task.num_labels,
-        "pair_encoding": "diffcat" if task.is_pair else "joint",
-        "id2label": dict(enumerate(task.label_names or ("score",))),
-    }
+    head = {**task_head(task), "pair_encoding": "diffcat" if task.is_pair else "joint"}
     if cfg.student:
         # cls_token_id as from_tokenizer sets it: diffcat encodes both sides as [CLS] x [SEP], also for older students.
         overrides = {"cls_token_id": tokenizer.cls_token_id, **cfg.student_config}
