@@ -7,14 +7,15 @@
 #                     subsets, 1 on SST-2; RTE and WNLI start from the MNLI teacher (lr 5e-5, 3 epochs)
 #   student-random    random init, cmow glue's defaults (hashed bigrams; STS-B: 10 augmented copies per example)
 #   student-general   from GENERAL_STUDENT (a general-distilled checkpoint), the same defaults; skipped if unset
-#   student-recipe    MRPC from the STS-B student-general, RTE and WNLI from the MNLI student-general (intermediate
-#                     tasks); on the other tasks the recipe is student-general; skipped if GENERAL_STUDENT is unset
+#   student-recipe    MRPC only: from the STS-B student-general (an intermediate task); on the other tasks the
+#                     recipe is student-general (RTE from the MNLI student measured worse); skipped without
+#                     GENERAL_STUDENT
 #
 #   CMOW_DATA_DIR=../shared/data GENERAL_STUDENT=runs/cmow-minilm-hybrid examples/glue_taskdistill.sh
 #   TASKS="STS-B MRPC" GENERAL_STUDENT=runs/cmow-minilm-hybrid examples/glue_taskdistill.sh
 #
-# Tasks run in the order given; an intermediate task (MNLI before RTE and WNLI, STS-B before MRPC) is run first
-# when it is missing. Finished teachers, their logits (train and transfer sets) and finished students are reused, so
+# Tasks run in the order given; a task another one needs (MNLI's teacher for RTE and WNLI, STS-B's student-general
+# for MRPC) is run first when it is missing. Finished teachers, their logits (train and transfer sets) and finished students are reused, so
 # the script can be rerun after an interruption. Extra arguments go to every `cmow glue` call. Point TEACHER_DIR at a
 # folder of tuned teachers (TEACHER_DIR/<TASK>/teacher, e.g. from examples/glue_tune_teacher.sh) to use those.
 set -euo pipefail
@@ -35,7 +36,6 @@ teacher_args() {
 intermediate() {  # the task whose student-general starts this task's student-recipe, if any
     case $1 in
         MRPC) echo STS-B ;;
-        RTE | WNLI) echo MNLI ;;
     esac
 }
 
