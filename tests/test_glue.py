@@ -19,11 +19,11 @@ from transformers import (
 
 from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, cli
 from cmow.distill.student_tokenizer import train_student_tokenizer
-from cmow.glue.data import TASKS, load_glue
+from cmow.glue.data import TASKS, get_task, load_glue
 from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, DistillationTrainer, distillation_loss
 from cmow.glue.metrics import glue_score, majority_baseline, task_metrics
 from cmow.glue.report import END, PAPER_ROLE, START, results_table, retention_table, write_report
-from cmow.glue.run import weights_digest
+from cmow.glue.run import DEFAULT_COPIES, DEFAULT_NGRAMS, GlueRunConfig, build_student, weights_digest
 from cmow.glue.selection import split_held_out
 from conftest import BATCH, tiny_config
 
@@ -353,6 +353,34 @@ def test_a_teacher_base_with_another_label_set_gets_a_fresh_head(shared_data, to
     assert cli.main([*args, "--max-eval-samples", "10"]) == 0
     teacher = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "teacher")
     assert teacher.config.num_labels == 2 and teacher.classifier.out_features == 2
+
+
+def test_students_get_bigrams_and_regression_tasks_copies_by_default(tiny_tokenizer, tmp_path):
+    """The defaults chosen by measurement (docs/glue.md): bigrams for every CMOW student with a CBOW bag unless its
+    config or checkpoint says otherwise; 10 augmented copies for regression (STS-B), none for classification."""
+    small = {"matrix_size": 3, "cbow_size": 5, "ngram_buckets": 31}
+    mrpc, stsb = get_task("MRPC"), get_task("STS-B")
+
+    def student(**settings):
+        return build_student(GlueRunConfig(task="MRPC", **settings), mrpc, tiny_tokenizer).config
+
+    assert student(student_config=small).ngram_orders == DEFAULT_NGRAMS["ngram_orders"] == [2]
+    assert student(student_config={**small, "ngram_orders": None}).ngram_orders == []
+    assert student(student_config={**small, "ngram_orders": [2, 3]}).ngram_orders == [2, 3]
+    assert student(student_config={**small, "encoder": "cmow"}).ngram_orders == []  # no bag to add them to
+    plain, trigrams = tmp_path / "plain", tmp_path / "trigrams"
+    CMOWModel(CMOWConfig.from_tokenizer(tiny_tokenizer, matrix_size=3, cbow_size=5)).save_pretrained(plain)
+    config = CMOWConfig.from_tokenizer(tiny_tokenizer, matrix_size=3, cbow_size=5, ngram_orders=[3], ngram_buckets=7)
+    CMOWModel(config).save_pretrained(trigrams)
+    assert student(student=str(plain)).ngram_orders == [2]
+    kept = student(student=str(trigrams))  # a checkpoint's own n-grams (and trained table) are kept
+    assert (kept.ngram_orders, kept.ngram_buckets) == ([3], 7)
+
+    assert GlueRunConfig(task="STS-B").augment_copies == DEFAULT_COPIES["regression"] == 10
+    assert GlueRunConfig(task="MRPC").augment_copies == DEFAULT_COPIES["classification"] == 0
+    assert GlueRunConfig(task="STS-B", augment_copies=0).augment_copies == 0
+    assert GlueRunConfig(task="STS-B", student_type="moe").augment_copies == 0
+    assert stsb.num_labels == 1 and mrpc.num_labels == 2
 
 
 def test_models_of_a_regression_task_start_a_classification_task(shared_data, tokenizer, tmp_path):

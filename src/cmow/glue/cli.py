@@ -13,7 +13,7 @@ from ..data import DATA_DIR_ENV
 from ..hub_cards import public_name
 from .data import TASKS, get_task
 from .report import write_report
-from .run import STUDENT_DEFAULTS, GlueRunConfig, run_task
+from .run import DEFAULT_COPIES, DEFAULT_NGRAMS, STUDENT_DEFAULTS, GlueRunConfig, run_task
 from .selection import SELECTIONS
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}'); may be given "
-        "more than once, later keys win (default: none)",
+        "more than once, later keys win (default: none; a student without n-grams in this or its checkpoint gets "
+        f"{json.dumps(DEFAULT_NGRAMS)}, '{{\"ngram_orders\": null}}' turns them off)",
     )
     for name, text in (("student_epochs", "epochs of student distillation"), ("student_lr", "student learning rate")):
         key = name.removeprefix("student_")
@@ -148,8 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     transfer.add_argument(
         "--augment-copies",
         type=int,
-        default=defaults.augment_copies,
-        help=_help("Tang et al.'s augmented copies per train example"),
+        help="Tang et al.'s augmented copies per train example (default: "
+        + ", ".join(f"{copies} for {kind}" for kind, copies in DEFAULT_COPIES.items())
+        + " tasks; 0 for MoEBERT students)",
     )
     for name, kind, text in (
         ("augment_mask_p", float, "augmentation: probability that a word becomes the mask token"),
