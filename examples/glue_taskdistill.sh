@@ -5,7 +5,8 @@
 #
 #   teacher           all-MiniLM-L6-v2, lr 1e-4: 10 epochs on CoLA and STS-B, 3 on MRPC, 2 on the QQP/MNLI/QNLI 9k
 #                     subsets, 1 on SST-2; RTE and WNLI start from the MNLI teacher (lr 5e-5, 3 epochs)
-#   student-random    random init, cmow glue's defaults (hashed bigrams; STS-B: 10 augmented copies per example)
+#   student-random    random init, cmow glue's defaults (classification: hashed bigrams; STS-B: 10 augmented
+#                     copies per example, no n-grams)
 #   student-general   from GENERAL_STUDENT (a general-distilled checkpoint), the same defaults; skipped if unset
 #   student-recipe    MRPC only: from the STS-B student-general (an intermediate task); on the other tasks the
 #                     recipe is student-general (RTE from the MNLI student measured worse); skipped without

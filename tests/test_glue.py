@@ -356,15 +356,17 @@ def test_a_teacher_base_with_another_label_set_gets_a_fresh_head(shared_data, to
 
 
 def test_students_get_bigrams_and_regression_tasks_copies_by_default(tiny_tokenizer, tmp_path):
-    """The defaults chosen by measurement (docs/glue.md): bigrams for every CMOW student with a CBOW bag unless its
-    config or checkpoint says otherwise; 10 augmented copies for regression (STS-B), none for classification."""
+    """The defaults chosen by measurement (docs/glue.md): a classification student with a CBOW bag gets bigrams unless
+    its config or checkpoint says otherwise, and no copies; regression (STS-B) 10 augmented copies, no bigrams."""
     small = {"matrix_size": 3, "cbow_size": 5, "ngram_buckets": 31}
     mrpc, stsb = get_task("MRPC"), get_task("STS-B")
 
     def student(**settings):
         return build_student(GlueRunConfig(task="MRPC", **settings), mrpc, tiny_tokenizer).config
 
-    assert student(student_config=small).ngram_orders == DEFAULT_NGRAMS["ngram_orders"] == [2]
+    assert student(student_config=small).ngram_orders == DEFAULT_NGRAMS["classification"]["ngram_orders"] == [2]
+    stsb_student = build_student(GlueRunConfig(task="STS-B", student_config=small), stsb, tiny_tokenizer)
+    assert stsb_student.config.ngram_orders == [] and not DEFAULT_NGRAMS["regression"]  # copies, not bigrams
     assert student(student_config={**small, "ngram_orders": None}).ngram_orders == []
     assert student(student_config={**small, "ngram_orders": [2, 3]}).ngram_orders == [2, 3]
     assert student(student_config={**small, "encoder": "cmow"}).ngram_orders == []  # no bag to add them to

@@ -98,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="JSON CMOWConfig overrides, also on top of --student (e.g. '{\"ngram_orders\": [2, 3]}'); may be given "
-        "more than once, later keys win (default: none; a student without n-grams in this or its checkpoint gets "
-        f"{json.dumps(DEFAULT_NGRAMS)}, '{{\"ngram_orders\": null}}' turns them off)",
+        "more than once, later keys win (default: none; a classification student without n-grams in this or its "
+        f"checkpoint gets {json.dumps(DEFAULT_NGRAMS['classification'])}, '{{\"ngram_orders\": null}}' turns them "
+        "off)",
     )
     for name, text in (("student_epochs", "epochs of student distillation"), ("student_lr", "student learning rate")):
         key = name.removeprefix("student_")

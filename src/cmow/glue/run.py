@@ -54,12 +54,17 @@ OBJECTIVE = (
 # Student epochs and learning rate by student type: CMOW trains from scratch or a general student, MoEBERT fine-tunes
 # a converted teacher (learning rate as MoEBERT's example script).
 STUDENT_DEFAULTS = {"cmow": {"epochs": 10.0, "lr": 2e-3}, "moe": {"epochs": 5.0, "lr": 5e-5}}
-# Chosen by measurement (docs/glue.md, "Bigrams, intermediate tasks and defaults"): a CMOW student gets hashed bigrams
-# unless its config or checkpoint says otherwise (CoLA +5.9 over three seeds, SST-2 +0.7, MRPC +0.8, STS-B +0.2), and
-# a regression task 10 augmented copies per train example (STS-B +4.2; classification: MRPC +0.5, RTE -4.3, CoLA
-# with bigrams -1.2, so none).
-DEFAULT_NGRAMS = {"ngram_orders": [2]}
-DEFAULT_COPIES = {"regression": 10, "classification": 0}
+# Chosen by measurement per task type (docs/glue.md, "Bigrams, intermediate tasks and defaults"). Classification:
+# hashed bigrams (CoLA +5.9 over three seeds, SST-2 +0.7, MRPC +0.8) and no augmented copies (MRPC +0.5, RTE -4.3,
+# CoLA with bigrams -3.0, at 10x the cost). Regression (STS-B): 10 copies per train example (+4.2) and no bigrams
+# (+0.2 alone, -2.3 on top of the copies).
+DEFAULT_NGRAMS = {"classification": {"ngram_orders": [2]}, "regression": {}}
+DEFAULT_COPIES = {"classification": 0, "regression": 10}
+
+
+def task_type(task: GlueTask) -> str:
+    """``"regression"`` (STS-B) or ``"classification"``: the key of the per-type defaults."""
+    return "regression" if task.num_labels == 1 else "classification"
 
 
 @dataclass
@@ -80,8 +85,8 @@ class GlueRunConfig:
             (with ``student``) or ``moe``.
         student_config: ``CMOWConfig`` overrides: for a random student, or added to a ``student`` checkpoint's config
             (e.g. ``{"ngram_orders": [2]}`` adds a zero-initialised n-gram table to a general-distilled student).
-            Without ``ngram_orders`` here or in the checkpoint, ``DEFAULT_NGRAMS`` apply; ``{"ngram_orders": null}``
-            (or ``[]``) gives a student without n-grams.
+            Without ``ngram_orders`` here or in the checkpoint, ``DEFAULT_NGRAMS`` of the task type apply;
+            ``{"ngram_orders": null}`` (or ``[]``) gives a student without n-grams.
         teacher_only: Fine-tune (or reuse) the teacher and stop: for tuning the teacher's recipe.
         teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
             fine-tuning recipe.
@@ -99,7 +104,7 @@ class GlueRunConfig:
             ``"last"`` or ``"dev"`` (best on dev, flatters; see ``cmow.glue.selection``).
         held_out_fraction: Size of the held-out slice of train, for ``selection="held-out"``.
         augment_copies: Tang et al.'s augmented copies per train example in the transfer set (0: none); None:
-            ``DEFAULT_COPIES`` of the task type (a CMOW student; a MoEBERT student takes none).
+            ``DEFAULT_COPIES`` of the task type (``task_type``; a CMOW student; a MoEBERT student takes none).
         augment_mask_p, augment_replace_p, augment_ngram_p, augment_max_ngram: Their probabilities
             (``cmow.glue.augment.AugmentConfig``).
         transfer_texts: Unlabeled in-domain texts for the transfer set: ``glue:TASK``, a text file or a dataset
@@ -172,8 +177,7 @@ class GlueRunConfig:
         self.student_epochs = defaults["epochs"] if self.student_epochs is None else self.student_epochs
         self.student_lr = defaults["lr"] if self.student_lr is None else self.student_lr
         if self.augment_copies is None and self.task:  # the CLI's defaults come from a config without a task
-            kind = "regression" if get_task(self.task).num_labels == 1 else "classification"
-            self.augment_copies = DEFAULT_COPIES[kind] if self.student_type == "cmow" else 0
+            self.augment_copies = DEFAULT_COPIES[task_type(get_task(self.task))] if self.student_type == "cmow" else 0
         # Flags of the other student type would be ignored silently: refuse them.
         if self.student_type == "moe":
             cmow_only = {
@@ -264,7 +268,7 @@ def task_head(task: GlueTask) -> dict:
     return {
         "num_labels": task.num_labels,
         "id2label": dict(enumerate(task.label_names or ("score",))),
-        "problem_type": "regression" if task.num_labels == 1 else "single_label_classification",
+        "problem_type": "regression" if task_type(task) == "regression" else "single_label_classification",
     }
 
 
@@ -279,13 +283,13 @@ def build_student(cfg: GlueRunConfig, task: GlueTask, tokenizer: PreTrainedToken
         overrides = {"cls_token_id": tokenizer.cls_token_id, **cfg.student_config}
         checkpoint = AutoConfig.from_pretrained(cfg.student)
         if _default_ngrams(overrides, checkpoint.encoder) and not checkpoint.ngram_orders:
-            overrides |= DEFAULT_NGRAMS  # a zero-initialised table: the student starts as the checkpoint
+            overrides |= DEFAULT_NGRAMS[task_type(task)]  # a zero-initialised table: it starts as the checkpoint
         return AutoModelForSequenceClassification.from_pretrained(
             cfg.student, ignore_mismatched_sizes=True, **head, **overrides
         )
     settings = {"encoder": "hybrid", "bidirectional": True, "classifier": "mlp", **cfg.student_config}
     if _default_ngrams(settings, "hybrid"):
-        settings |= DEFAULT_NGRAMS
+        settings |= DEFAULT_NGRAMS[task_type(task)]
     return CMOWForSequenceClassification(CMOWConfig.from_tokenizer(tokenizer, **settings, **head))
 
 
