@@ -385,7 +385,7 @@ def test_students_get_bigrams_and_regression_tasks_copies_by_default(tiny_tokeni
     assert stsb.num_labels == 1 and mrpc.num_labels == 2
 
 
-def test_models_of_a_regression_task_start_a_classification_task(shared_data, tokenizer, tmp_path):
+def test_models_of_a_regression_task_start_a_classification_task(shared_data, tokenizer, tmp_path, capsys):
     """STS-B checkpoints (teacher and student) as the start of MRPC: their ``problem_type`` "regression" must not
     survive, or the loss is an MSE of 2 logits against 0/1 labels (a crash)."""
     config = BertConfig(
@@ -403,6 +403,9 @@ def test_models_of_a_regression_task_start_a_classification_task(shared_data, to
     args = ["glue", "MRPC", "--teacher-base", str(teacher_base), "--teacher-epochs", "1", "--student-epochs", "1"]
     args += ["--student", str(student_base), "--student-name", "from-stsb", "--output-dir", str(out)]
     args += ["--glue-dir", str(shared_data / "glue"), "--max-train-samples", "20", "--max-eval-samples", "10"]
+    assert cli.main([*args, "--student", str(teacher_base)]) == 2  # a BERT as the student: refused before training
+    assert "'bert' model; it must be a CMOW checkpoint" in capsys.readouterr().err
+    assert not (out / "MRPC" / "teacher").exists()
     assert cli.main(args) == 0
     for folder in ("teacher", "student-from-stsb"):
         model = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / folder)

@@ -544,6 +544,10 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
     student_dir = task_dir / f"student-{student_name}"
     if moe and not cfg.teacher_only:
         moe_settings(cfg, _teacher_config(cfg, teacher_dir))  # bad MoE flags fail here, before any training
+    if cfg.student and not cfg.teacher_only and (kind := AutoConfig.from_pretrained(cfg.student).model_type) != "cmow":
+        raise ValueError(
+            f"--student {cfg.student} is a {kind!r} model; it must be a CMOW checkpoint (e.g. from `cmow distill`)."
+        )
     raw = load_glue(task.name, cfg.glue_dir)
     train = _slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples)
     train, held_out = split_held_out(train, cfg.selection, cfg.held_out_fraction)
