@@ -24,13 +24,13 @@ OUT=${OUT:-runs/glue-taskdistill}
 REPORT=${REPORT:-docs/glue.md}
 TASKS=${TASKS:-"MNLI STS-B WNLI RTE MRPC CoLA QQP QNLI SST-2"}
 
-teacher_args() {
+teacher_args() {  # sets the array targs (an array, so that a path in OUT with spaces stays one argument)
     case $1 in
-        SST-2) echo --teacher-lr 1e-4 --teacher-epochs 1 ;;
-        QQP | MNLI | QNLI) echo --teacher-lr 1e-4 --teacher-epochs 2 ;;
-        CoLA | STS-B) echo --teacher-lr 1e-4 --teacher-epochs 10 ;;
-        RTE | WNLI) echo --teacher-base "$OUT/MNLI/teacher" --teacher-lr 5e-5 --teacher-epochs 3 ;;
-        *) echo --teacher-lr 1e-4 --teacher-epochs 3 ;;
+        SST-2) targs=(--teacher-lr 1e-4 --teacher-epochs 1) ;;
+        QQP | MNLI | QNLI) targs=(--teacher-lr 1e-4 --teacher-epochs 2) ;;
+        CoLA | STS-B) targs=(--teacher-lr 1e-4 --teacher-epochs 10) ;;
+        RTE | WNLI) targs=(--teacher-base "$OUT/MNLI/teacher" --teacher-lr 5e-5 --teacher-epochs 3) ;;
+        *) targs=(--teacher-lr 1e-4 --teacher-epochs 3) ;;
     esac
 }
 
@@ -51,9 +51,10 @@ run_student() {  # run_student TASK NAME ARGS...: once
     local task=$1 name=$2
     shift 2
     [[ -f $OUT/$task/student-$name/metrics.json ]] && return
-    # shellcheck disable=SC2046
-    cmow glue "$task" --output-dir "$OUT" $(teacher_args "$task") --student-epochs "$(student_epochs "$task")" \
-        --student-name "$name" "${teacher[@]}" "$@" "${extra[@]}"
+    teacher_args "$task"
+    # ${a[@]+"${a[@]}"}: an empty array under set -u on older bash
+    cmow glue "$task" --output-dir "$OUT" "${targs[@]}" --student-epochs "$(student_epochs "$task")" \
+        --student-name "$name" ${teacher[@]+"${teacher[@]}"} "$@" ${extra[@]+"${extra[@]}"}
 }
 
 run_task() {

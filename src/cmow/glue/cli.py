@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--student-seed",
         type=int,
         help="seed of the student's init and batch order; split, held-out slice and copies follow --seed "
-        "(default: --seed)",
+        "(default: none: batches follow --seed, the init the random state the teacher step leaves)",
     )
     student.add_argument("--student-name", help="student folder is student-NAME (default: random, pretrained or moe)")
     student.add_argument(

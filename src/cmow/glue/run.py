@@ -91,9 +91,11 @@ class GlueRunConfig:
         teacher_epochs, teacher_lr, teacher_batch_size, teacher_warmup_ratio, teacher_weight_decay: The teacher's
             fine-tuning recipe.
         teacher_seed: Seed of the teacher's fine-tuning; ``seed`` if None (the data split always follows ``seed``).
-        student_seed: Seed of the student's initialisation and batch order; ``seed`` if None. The data split, the
-            held-out slice and the augmented copies follow ``seed``, so students of several ``student_seed`` share
-            their teacher and transfer set (a seed study).
+        student_seed: Seed of the student's initialisation and batch order. The data split, the held-out slice and
+            the augmented copies follow ``seed``, so students of several ``student_seed`` share their teacher and
+            transfer set (a seed study). If None, torch is not reseeded before the student is built (its batch order
+            follows ``seed``, its initialisation the random state the teacher step left), as before this option, so
+            earlier runs' commands give their students again; ``student_seed=seed`` is another student.
         teacher_max_length: Teacher inputs are truncated to this many tokens; a CMOW student reads whole texts, a
             MoEBERT student the teacher's tokens.
         student_epochs, student_lr, student_batch_size: The student's recipe; epochs and learning rate default to
@@ -437,7 +439,7 @@ def distill_student(
         "epochs": cfg.student_epochs,
         "lr": cfg.student_lr,
         "batch_size": cfg.student_batch_size,
-        "seed": cfg.seed if cfg.student_seed is None else cfg.student_seed,
+        "student_seed": cfg.student_seed,  # None: not reseeded (see GlueRunConfig.student_seed)
         "init": public_name(cfg.student) if cfg.student else "random",
         "selection": cfg.selection,
         "transfer_copies": cfg.augment_copies,
