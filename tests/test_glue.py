@@ -497,7 +497,9 @@ def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_pa
     common += ["--teacher-base", str(base), "--teacher-epochs", "1", "--max-train-samples", "30"]
     common += ["--max-eval-samples", "20", "--student-epochs", "1", "--student-config", tiny]
     common += ["--student-config", '{"ngram_orders": [2, 3]}']  # merged with the first, later keys win
-    common += ["--augment-copies", "2", "--transfer-texts", str(texts), "--label-shard-size", "16"]
+    # Two sources: the file and WNLI's first four train pairs, as written (--transfer-max-texts counts per source).
+    common += ["--augment-copies", "2", "--transfer-texts", str(texts), "glue:WNLI", "--transfer-max-texts", "4"]
+    common += ["--label-shard-size", "16"]
     assert cli.main([*common, "--selection", "last", "--student-name", "transfer-ngrams"]) == 0
 
     record = json.loads((out / "RTE" / "student-transfer-ngrams" / "metrics.json").read_text())
@@ -508,8 +510,9 @@ def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_pa
         "epoch_scores": [],
         "best_epoch": 1.0,
     }
-    # Two pairs as written (one with a dev sentence, in capitals: dropped) and one of the two single texts.
-    assert transfer["unlabeled"] == 3 and transfer["dropped_evaluation"] >= 1
+    # Two pairs as written (one with a dev sentence, in capitals: dropped), one of the two single texts, four of WNLI.
+    assert transfer["unlabeled"] == 3 + 4 and transfer["dropped_evaluation"] >= 1
+    assert transfer["texts"] == ["in_domain.txt (local file)", "glue:WNLI"]
     assert 30 < transfer["augmented"] <= 60 and record["train_examples"] == 30 + transfer["kept"]
     shards = sorted((out / "RTE" / "teacher").glob(f"transfer_logits-{transfer['key']}/shard-*.npy"))
     assert len(shards) == math.ceil(transfer["kept"] / 16)

@@ -11,11 +11,12 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from cmow.glue import transfer as transfer_module
 from cmow.glue.augment import AugmentConfig, UnigramSampler, augmented_copies, perturb
-from cmow.glue.data import tokenize
+from cmow.glue.data import load_glue, tokenize
 from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, predict_logits
-from cmow.glue.run import weights_digest
+from cmow.glue.run import GlueRunConfig, weights_digest
 from cmow.glue.transfer import (
     build_transfer_set,
+    check_transfer_source,
     join_transfer_set,
     label_shards,
     pair_texts,
@@ -137,6 +138,33 @@ def test_read_unlabeled_from_files_and_glue_tasks(tmp_path, shared_data):
     assert read_unlabeled(str(tmp_path / "texts.txt.gz"), max_texts=1) == ["zipped one"]
     rte = read_unlabeled("glue:RTE", str(shared_data / "glue"), max_texts=4)
     assert len(rte) == 4 and all(rte)  # premise and hypothesis of the first two examples
+
+
+def test_a_pair_task_keeps_another_pair_tasks_pairs_as_written(shared_data):
+    glue = str(shared_data / "glue")
+    rte = load_glue("RTE", glue)["train"]
+    pairs = read_unlabeled("glue:RTE", glue, max_texts=3, pairs=True)
+    written = zip(rte["text_a"][:3], rte["text_b"][:3], strict=True)
+    assert pair_texts(pairs) == [(" ".join(a.split()), " ".join(b.split())) for a, b in written]
+    # A single-sentence task's texts stay single (and get paired at random); without pairs=True, both sides count.
+    assert all("\t" not in text for text in read_unlabeled("glue:SST-2", glue, max_texts=5, pairs=True))
+    assert len(read_unlabeled("glue:RTE", glue, max_texts=3)) == 3
+
+
+def test_transfer_sources_are_checked_before_any_work(tmp_path):
+    (tmp_path / "texts.txt").write_text("one\n")
+    check_transfer_source(str(tmp_path / "texts.txt"))
+    check_transfer_source("glue:mnli")
+    check_transfer_source("someone/some-dataset")  # may be a Hub dataset: load_corpus decides
+    with pytest.raises(ValueError, match="Unknown GLUE task"):
+        check_transfer_source("glue:imdb")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        check_transfer_source(str(tmp_path / "missing.txt.gz"))
+    with pytest.raises(ValueError, match="write glue:RTE"):
+        check_transfer_source("RTE")  # e.g. `--transfer-texts glue:MNLI RTE` took the task as a source
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        GlueRunConfig(task="RTE", transfer_texts=["glue:MNLI", str(tmp_path / "missing.txt")])
+    assert GlueRunConfig(task="RTE", transfer_texts="glue:MNLI").transfer_texts == ["glue:MNLI"]
 
 
 def test_the_key_is_a_hash_of_the_content():

@@ -163,7 +163,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         transfer.add_argument(_flag(name), type=kind, default=getattr(defaults, name), help=_help(text))
     transfer.add_argument(
         "--transfer-texts",
-        help="unlabeled texts (glue:TASK, a text file, .gz/.jsonl/.parquet or a dataset); paired for pair tasks "
+        nargs="+",
+        metavar="SOURCE",
+        help="unlabeled texts, one source or several (glue:TASK, a text file, .gz/.jsonl/.parquet or a dataset); "
+        "for a pair task another pair task's glue:TASK gives its pairs as written, other texts are paired two by two "
         "(default: none)",
     )
     transfer.add_argument(
@@ -172,7 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=_help("column of a --transfer-texts dataset that holds the texts"),
     )
     transfer.add_argument(
-        "--transfer-max-texts", type=int, help="read at most this many --transfer-texts (default: all)"
+        "--transfer-max-texts",
+        type=int,
+        help="read at most this many texts of each --transfer-texts source (default: all)",
     )
     transfer.add_argument(
         "--label-shard-size",

@@ -41,7 +41,7 @@ from .metrics import compute_metrics_fn, majority_baseline
 from .moe_student import distill_moe_student, moe_settings
 from .results import METRICS_FILE, evaluate, parameter_counts, save, write_card
 from .selection import selection_data, selection_record, split_held_out, student_training_args, training_args
-from .transfer import build_transfer_set, join_transfer_set, read_unlabeled, transfer_logits
+from .transfer import build_transfer_set, check_transfer_source, join_transfer_set, read_unlabeled, transfer_logits
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,11 @@ class GlueRunConfig:
             ``DEFAULT_COPIES`` of the task type (``task_type``; a CMOW student; a MoEBERT student takes none).
         augment_mask_p, augment_replace_p, augment_ngram_p, augment_max_ngram: Their probabilities
             (``cmow.glue.augment.AugmentConfig``).
-        transfer_texts: Unlabeled in-domain texts for the transfer set: ``glue:TASK``, a text file or a dataset
-            (``cmow.glue.transfer.read_unlabeled``); for pair tasks they are paired.
+        transfer_texts: Unlabeled in-domain texts for the transfer set, one source or several: ``glue:TASK``, a
+            text file or a dataset (``cmow.glue.transfer.read_unlabeled``). For a pair task another pair task's
+            ``glue:TASK`` gives its pairs as written; other texts are paired two by two.
         transfer_text_column: Column of a dataset ``transfer_texts`` that holds the texts.
-        transfer_max_texts: Read at most this many of ``transfer_texts``.
+        transfer_max_texts: Read at most this many texts from each source of ``transfer_texts``.
         label_shard_size: Transfer examples per cached shard of teacher logits (the unit of resuming).
         max_train_samples: Train on the first this many examples (for quick runs); all if None.
         max_eval_samples: Evaluate on the first this many examples; all if None.
@@ -154,7 +155,7 @@ class GlueRunConfig:
     augment_replace_p: float = 0.1
     augment_ngram_p: float = 0.25
     augment_max_ngram: int = 5
-    transfer_texts: str | None = None
+    transfer_texts: str | list[str] | None = None
     transfer_text_column: str = "text"
     transfer_max_texts: int | None = None
     label_shard_size: int = 4096
@@ -178,6 +179,11 @@ class GlueRunConfig:
         defaults = STUDENT_DEFAULTS[self.student_type]
         self.student_epochs = defaults["epochs"] if self.student_epochs is None else self.student_epochs
         self.student_lr = defaults["lr"] if self.student_lr is None else self.student_lr
+        if isinstance(self.transfer_texts, str):
+            self.transfer_texts = [self.transfer_texts]
+        self.transfer_texts = list(self.transfer_texts) if self.transfer_texts else None
+        for source in self.transfer_texts or ():
+            check_transfer_source(source)
         if self.augment_copies is None and self.task:  # the CLI's defaults come from a config without a task
             self.augment_copies = DEFAULT_COPIES[task_type(get_task(self.task))] if self.student_type == "cmow" else 0
         # Flags of the other student type would be ignored silently: refuse them.
@@ -355,7 +361,11 @@ def teacher_transfer_set(
     """
     unlabeled = []
     if cfg.transfer_texts:
-        unlabeled = read_unlabeled(cfg.transfer_texts, cfg.glue_dir, cfg.transfer_text_column, cfg.transfer_max_texts)
+        pairs = get_task(cfg.task).is_pair
+        for source in cfg.transfer_texts:
+            unlabeled += read_unlabeled(
+                source, cfg.glue_dir, cfg.transfer_text_column, cfg.transfer_max_texts, pairs=pairs
+            )
     augment = AugmentConfig(cfg.augment_mask_p, cfg.augment_replace_p, cfg.augment_ngram_p, cfg.augment_max_ngram)
     transfer, counts = build_transfer_set(
         data["train"],
@@ -382,7 +392,7 @@ def teacher_transfer_set(
     info = {
         "copies": cfg.augment_copies,
         "augment": asdict(augment),
-        "texts": public_name(cfg.transfer_texts) if cfg.transfer_texts else None,
+        "texts": [public_name(source) for source in cfg.transfer_texts] if cfg.transfer_texts else None,
         "max_texts": cfg.transfer_max_texts,
         **counts,
         "key": key,
@@ -443,7 +453,7 @@ def distill_student(
         "init": public_name(cfg.student) if cfg.student else "random",
         "selection": cfg.selection,
         "transfer_copies": cfg.augment_copies,
-        "transfer_texts": public_name(cfg.transfer_texts) if cfg.transfer_texts else None,
+        "transfer_texts": [public_name(source) for source in cfg.transfer_texts] if cfg.transfer_texts else None,
     }
     args = student_training_args(cfg, folder)
     trainer = DistillationTrainer(

@@ -1,10 +1,10 @@
 """Transfer sets: texts the fine-tuned teacher labels for the student, beside the labelled train set.
 
 A transfer set holds Tang et al.'s perturbed copies of the train set (``cmow.glue.augment``) and/or unlabeled
-in-domain text (``read_unlabeled``). For a pair task, unlabeled text becomes pairs: a line with a tab is a pair as it
-stands; other texts are shuffled and paired two by two (``pair_texts``), so with another task's or the same task's
-train texts each pair joins the texts of two different examples. Such pairs are mostly unrelated; the teacher labels
-them, which is what the student needs.
+in-domain text (``read_unlabeled``). For a pair task, unlabeled text becomes pairs: another pair task's train set
+(``glue:RTE`` for MNLI) gives its pairs as written, and a line with a tab is a pair as it stands; other texts
+(a single-sentence task's train set, a corpus) are shuffled and paired two by two (``pair_texts``). Such pairs are
+mostly unrelated; the teacher labels them, which is what the student needs.
 
 Nothing of the evaluation enters a transfer set: an example is dropped if any of its texts equals, up to case and
 whitespace, a text of the task's dev set, its test set, or the slice of train held out for model selection. An
@@ -36,12 +36,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..distill.corpus import load_corpus, texts_of
 from .augment import AugmentConfig, Example, augmented_copies
-from .data import load_glue
+from .data import TASKS, get_task, load_glue
 from .distill_trainer import GOLD_MASK, TEACHER_LOGITS, predict_logits
 
 logger = logging.getLogger(__name__)
 
 GLUE_SOURCE = "glue:"
+_FILE_SUFFIXES = {".txt", ".gz", ".json", ".jsonl", ".csv", ".tsv", ".parquet"}
 
 
 def normalize(text: str) -> str:
@@ -49,22 +50,52 @@ def normalize(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def check_transfer_source(source: str) -> None:
+    """Refuse a ``read_unlabeled`` source that cannot be read, before any training: an unknown ``glue:`` task, a
+    missing local file. A name that is not a local path may be a Hub dataset id and is left to ``load_corpus``."""
+    if source.startswith(GLUE_SOURCE):
+        get_task(source[len(GLUE_SOURCE) :])
+        return
+    path = Path(source).expanduser()
+    if not path.exists() and any(source.lower() in (t.name.lower(), t.hub_name) for t in TASKS.values()):
+        raise ValueError(
+            f"--transfer-texts {source} names a GLUE task, not a source: write glue:{source} for its train texts (or "
+            "give the tasks to run before --transfer-texts, which takes every word after it)."
+        )
+    looks_local = source.startswith(("/", ".", "~")) or path.suffix in _FILE_SUFFIXES or source.count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"--transfer-texts {source}: no such file or folder; pass glue:TASK, an existing text file or a dataset."
+        )
+
+
 def read_unlabeled(
-    source: str, glue_dir: str | None = None, text_column: str = "text", max_texts: int | None = None
+    source: str,
+    glue_dir: str | None = None,
+    text_column: str = "text",
+    max_texts: int | None = None,
+    pairs: bool = False,
 ) -> list[str]:
     """Unlabeled texts from ``source``, in stored order, at most ``max_texts``.
 
     Args:
-        source: ``glue:TASK`` (that task's train texts, both sides of pairs), a text file (one text per line;
-            ``.gz`` works), a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, a dataset folder or a Hub dataset id.
+        source: ``glue:TASK`` (that task's train texts), a text file (one text per line; ``.gz`` works), a
+            ``.json``/``.jsonl``/``.csv``/``.parquet`` file, a dataset folder or a Hub dataset id.
         glue_dir: Where ``glue:TASK`` is read from (as ``load_glue``).
         text_column: Column of a dataset source that holds the texts.
         max_texts: Keep the first this many texts; all if None.
+        pairs: The texts are for a pair task: a pair task's ``glue:TASK`` gives its pairs as written, each as
+            ``text_a<TAB>text_b`` (``pair_texts`` keeps them). Otherwise both sides of a pair are texts of their own.
     """
     if source.startswith(GLUE_SOURCE):
         train = load_glue(source[len(GLUE_SOURCE) :], glue_dir)["train"]
         columns = [c for c in ("text_a", "text_b") if c in train.column_names]
-        texts = (text for row in zip(*(train[c] for c in columns), strict=True) for text in row)
+        rows = zip(*(train[c] for c in columns), strict=True)
+        if pairs and len(columns) == 2:
+            # A tab inside a text would move the split; GLUE's TSVs have none, but a Hub copy might.
+            texts = ("\t".join(" ".join(text.split()) for text in row) for row in rows if all(t.strip() for t in row))
+        else:
+            texts = (text for row in rows for text in row)
     else:
         texts = texts_of(load_corpus(source), text_column)
     return [text.strip() for text in itertools.islice((t for t in texts if t.strip()), max_texts)]
