@@ -19,7 +19,7 @@ from transformers import (
 
 from cmow import CMOWConfig, CMOWForSequenceClassification, CMOWModel, cli
 from cmow.distill.student_tokenizer import train_student_tokenizer
-from cmow.glue.data import TASKS, get_task, load_glue
+from cmow.glue.data import TASKS, detokenize, get_task, load_glue
 from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, DistillationTrainer, distillation_loss
 from cmow.glue.metrics import glue_score, majority_baseline, task_metrics
 from cmow.glue.report import END, PAPER_ROLE, START, results_table, retention_table, write_report
@@ -294,6 +294,42 @@ def test_local_tsv_loader(name, shared_data):
             assert split.features["label"].names == list(task.label_names)
             assert set(labels.tolist()) == set(range(task.num_labels))  # every class occurs
         assert all(text.strip() for text in split["text_a"][:200])
+
+
+@pytest.mark.parametrize(
+    ("tokenized", "raw"),
+    [
+        (
+            "our friends wo n't buy this analysis , let alone the next one",
+            "our friends won't buy this analysis, let alone the next one.",
+        ),
+        ("john 's mother ca n't say ( really ) that i 'm here", "john's mother can't say (really) that i'm here."),
+        ("who did you see ?", "who did you see?"),
+        ("he said `` go ''", 'he said " go ".'),
+        ('He said "go."', 'He said "go."'),
+        ("Already raw, with John's own period.", "Already raw, with John's own period."),
+    ],
+)
+def test_detokenize(tokenized, raw):
+    assert detokenize(tokenized) == raw
+    assert detokenize(raw) == raw
+
+
+def test_a_tokenized_train_set_is_detokenized_to_the_form_of_its_raw_dev_set(shared_data):
+    """The shared CoLA train file is tokenized ("wo n't", " , ", no final period) where dev is raw text."""
+    stored = load_glue("CoLA", shared_data / "glue", keep_tokenized_train=True)
+    restored = load_glue("CoLA", shared_data / "glue")
+    assert restored["validation"]["text_a"] == stored["validation"]["text_a"]  # evaluation text is never changed
+    assert restored["train"]["label"] == stored["train"]["label"]
+    assert any(" n't" in text for text in stored["train"]["text_a"])
+    assert not any(" n't" in text or " , " in text for text in restored["train"]["text_a"])
+    assert all(text.endswith((".", "?", "!")) for text in restored["train"]["text_a"])
+    # Tasks whose train and dev share a form stay as stored: SST-2 (both tokenized), RTE (both raw).
+    for name in ("SST-2", "RTE"):
+        assert (
+            load_glue(name, shared_data / "glue")["train"][:50]
+            == load_glue(name, shared_data / "glue", keep_tokenized_train=True)["train"][:50]
+        )
 
 
 BAD_ROWS = {

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=_help("size of the held-out slice of train for --selection held-out"),
     )
     parser.add_argument(
+        "--keep-tokenized-train",
+        action="store_true",
+        help="keep a tokenized train set as stored; by default one whose dev set is raw text (CoLA's train file in "
+        "some GLUE copies: split clitics and commas, no final period) is detokenized to match",
+    )
+    parser.add_argument(
         "--report", metavar="MD", help="write the results table of OUTPUT_DIR into this markdown file (default: none)"
     )
     parser.add_argument("--report-command", help="the command to cite next to the table (default: this one)")

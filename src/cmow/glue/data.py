@@ -5,12 +5,16 @@ and ``label`` (class id in the Hub's label order, or a float score for STS-B).
 """
 
 import csv
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -170,7 +174,51 @@ def _standardise(
     return raw.map(convert, with_indices=True, remove_columns=raw.column_names, features=datasets.Features(features))
 
 
-def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+# Tokens a Penn-Treebank-style tokenizer splits off: clitics ("wo n't", "john 's") and punctuation ("a , b").
+_PTB_CLITIC = re.compile(r" (n't|'s|'ll|'ve|'re|'d|'m)(?=\s|$)")
+_PTB_PUNCT = re.compile(r" ([,.;:?!)%])(?=\s|$)")
+_PTB_OPEN = re.compile(r"(^|\s)([($]) ")
+_SENTENCE_END = ".?!"
+
+
+def detokenize(text: str) -> str:
+    """Undo Penn-Treebank-style tokenization and end a sentence without final punctuation with a period.
+
+    ``"our friends wo n't buy this analysis , let alone the next one we propose"`` becomes ``"our friends won't buy
+    this analysis, let alone the next one we propose."``: the form of GLUE's raw files (case is not restored).
+    """
+    text = " ".join(text.replace("``", '"').replace("''", '"').split())
+    text = _PTB_OPEN.sub(r"\1\2", _PTB_PUNCT.sub(r"\1", _PTB_CLITIC.sub(r"\1", text)))
+    ended = text.rstrip("\"'")[-1:] in _SENTENCE_END  # "he said "go."" has its period inside the quotes
+    return text if ended or not text else text + "."
+
+
+def _ptb_rate(texts: list[str]) -> float:
+    """The share of ``texts`` with a split-off clitic or comma: near 0 for raw text, large for tokenized text."""
+    return sum(bool(_PTB_CLITIC.search(t) or " , " in t) for t in texts) / max(len(texts), 1)
+
+
+def restore_tokenized_train(data: datasets.DatasetDict, task: GlueTask) -> datasets.DatasetDict:
+    """Detokenize ``train`` when it is a tokenized release but ``validation`` is raw text (see ``load_glue``)."""
+    columns = [c for c in ("text_a", "text_b") if c in data["train"].column_names]
+    train_rate = _ptb_rate([t for c in columns for t in data["train"][c]])
+    dev_rate = _ptb_rate([t for c in columns for t in data["validation"][c]])
+    if train_rate < 0.02 or dev_rate > train_rate / 10:  # not tokenized, or tokenized alike (SST-2)
+        return data
+    logger.warning(
+        "%s: train is tokenized text (%.0f%% of texts split clitics or commas, %.0f%% of dev's): detokenizing it so "
+        "that train and dev share one form (pass keep_tokenized_train / --keep-tokenized-train to keep it as stored).",
+        task.name,
+        100 * train_rate,
+        100 * dev_rate,
+    )
+    data["train"] = data["train"].map(lambda row: {c: detokenize(row[c]) for c in columns})
+    return data
+
+
+def load_glue(
+    task_name: str, data_dir: str | os.PathLike | None = None, keep_tokenized_train: bool = False
+) -> datasets.DatasetDict:
     """Load a GLUE task's ``train`` and ``validation`` splits.
 
     Args:
@@ -178,10 +226,19 @@ def load_glue(task_name: str, data_dir: str | os.PathLike | None = None) -> data
         data_dir: A folder in the GLUE TSV layout (``<data_dir>/SST-2/train.tsv``); ``None`` loads ``nyu-mll/glue``
             from the Hub.
 
+        keep_tokenized_train: Keep a tokenized train set as stored. By default a train set in tokenized form (split
+            clitics and commas, no final punctuation: the CoLA train file of some GLUE copies) whose dev set is raw
+            text is detokenized (``detokenize``), so that the model meets one form in training and evaluation.
+
     Returns:
         ``train`` and ``validation`` with columns ``text_a``, ``text_b`` (pair tasks) and ``label``.
     """
     task = get_task(task_name)
+    data = _load_glue(task, data_dir)
+    return data if keep_tokenized_train else restore_tokenized_train(data, task)
+
+
+def _load_glue(task: GlueTask, data_dir: str | os.PathLike | None) -> datasets.DatasetDict:
     if data_dir is None:
         hub = datasets.load_dataset(HUB_DATASET, task.hub_name)
         validation = "validation_matched" if task.hub_name == "mnli" else "validation"
