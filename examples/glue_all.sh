@@ -28,9 +28,8 @@ for task in ${TASKS:-WNLI RTE MRPC STS-B CoLA QQP MNLI QNLI SST-2}; do
     [[ $task == SST-2 ]] && student_epochs=3
     settings=(--output-dir "$OUT" --teacher-lr 1e-4 --teacher-epochs "$(teacher_epochs "$task")")
     settings+=(--student-epochs "$student_epochs")
-    # The students of the tables this script made: no n-grams, no transfer set (cmow glue's defaults before issue 11),
-    # CoLA's train text as stored (before it was detokenized by default)
-    settings+=(--student-config '{"ngram_orders": null}' --augment-copies 0 --keep-tokenized-train)
+    # The students of the tables this script made: no n-grams, no transfer set (cmow glue's defaults before issue 11)
+    settings+=(--student-config '{"ngram_orders": null}' --augment-copies 0)
     [[ -f $OUT/$task/student-random/metrics.json ]] || cmow glue "$task" "${settings[@]}" "$@"
     if [[ -n ${GENERAL_STUDENT:-} && ! -f $OUT/$task/student-general/metrics.json ]]; then
         cmow glue "$task" "${settings[@]}" --student "$GENERAL_STUDENT" --student-name general "$@"

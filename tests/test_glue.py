@@ -315,10 +315,10 @@ def test_detokenize(tokenized, raw):
     assert detokenize(raw) == raw
 
 
-def test_a_tokenized_train_set_is_detokenized_to_the_form_of_its_raw_dev_set(shared_data):
+def test_a_tokenized_train_set_is_detokenized_on_request_to_the_form_of_its_raw_dev_set(shared_data):
     """The shared CoLA train file is tokenized ("wo n't", " , ", no final period) where dev is raw text."""
-    stored = load_glue("CoLA", shared_data / "glue", keep_tokenized_train=True)
-    restored = load_glue("CoLA", shared_data / "glue")
+    stored = load_glue("CoLA", shared_data / "glue")
+    restored = load_glue("CoLA", shared_data / "glue", detokenize_train=True)
     assert restored["validation"]["text_a"] == stored["validation"]["text_a"]  # evaluation text is never changed
     assert restored["train"]["label"] == stored["train"]["label"]
     assert any(" n't" in text for text in stored["train"]["text_a"])
@@ -328,7 +328,7 @@ def test_a_tokenized_train_set_is_detokenized_to_the_form_of_its_raw_dev_set(sha
     for name in ("SST-2", "RTE"):
         assert (
             load_glue(name, shared_data / "glue")["train"][:50]
-            == load_glue(name, shared_data / "glue", keep_tokenized_train=True)["train"][:50]
+            == load_glue(name, shared_data / "glue", detokenize_train=True)["train"][:50]
         )
 
 

@@ -58,14 +58,10 @@ def held_out_sentences(folder: str | os.PathLike | None = None) -> list[str]:
 
 
 def glue_texts(glue_dir: str | os.PathLike, split: str) -> list[str]:
-    """Every text (both sides of pairs) of one split of the nine GLUE tasks, stripped, in task order.
-
-    Train texts are read as stored (CoLA's tokenized train is not detokenized), so the default corpus and its
-    fingerprint stay those of the documented general distillations.
-    """
+    """Every text (both sides of pairs) of one split of the nine GLUE tasks, stripped, in task order."""
     texts = []
     for name in TASKS:
-        rows = load_glue(name, glue_dir, keep_tokenized_train=True)[split]
+        rows = load_glue(name, glue_dir)[split]
         for column in ("text_a", "text_b"):
             if column in rows.column_names:
                 texts.extend(text.strip() for text in rows[column])

@@ -55,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=_help("size of the held-out slice of train for --selection held-out"),
     )
     parser.add_argument(
-        "--keep-tokenized-train",
+        "--detokenize-train",
         action="store_true",
-        help="keep a tokenized train set as stored; by default one whose dev set is raw text (CoLA's train file in "
-        "some GLUE copies: split clitics and commas, no final period) is detokenized to match",
+        help="detokenize a tokenized train set whose dev set is raw text (CoLA's train file in some GLUE copies: "
+        "split clitics and commas, no final period) to match it",
     )
     parser.add_argument(
         "--report", metavar="MD", help="write the results table of OUTPUT_DIR into this markdown file (default: none)"

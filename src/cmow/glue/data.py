@@ -207,7 +207,7 @@ def restore_tokenized_train(data: datasets.DatasetDict, task: GlueTask) -> datas
         return data
     logger.warning(
         "%s: train is tokenized text (%.0f%% of texts split clitics or commas, %.0f%% of dev's): detokenizing it so "
-        "that train and dev share one form (pass keep_tokenized_train / --keep-tokenized-train to keep it as stored).",
+        "that train and dev share one form.",
         task.name,
         100 * train_rate,
         100 * dev_rate,
@@ -217,7 +217,7 @@ def restore_tokenized_train(data: datasets.DatasetDict, task: GlueTask) -> datas
 
 
 def load_glue(
-    task_name: str, data_dir: str | os.PathLike | None = None, keep_tokenized_train: bool = False
+    task_name: str, data_dir: str | os.PathLike | None = None, detokenize_train: bool = False
 ) -> datasets.DatasetDict:
     """Load a GLUE task's ``train`` and ``validation`` splits.
 
@@ -225,17 +225,16 @@ def load_glue(
         task_name: ``"SST-2"``, ``"sst2"``, ``"MNLI"``, ...
         data_dir: A folder in the GLUE TSV layout (``<data_dir>/SST-2/train.tsv``); ``None`` loads ``nyu-mll/glue``
             from the Hub.
-
-        keep_tokenized_train: Keep a tokenized train set as stored. By default a train set in tokenized form (split
-            clitics and commas, no final punctuation: the CoLA train file of some GLUE copies) whose dev set is raw
-            text is detokenized (``detokenize``), so that the model meets one form in training and evaluation.
+        detokenize_train: Detokenize a train set in tokenized form (split clitics and commas, no final punctuation:
+            the CoLA train file of some GLUE copies) whose dev set is raw text (``restore_tokenized_train``), so
+            that the model meets one form in training and evaluation. Other train sets are returned as stored.
 
     Returns:
         ``train`` and ``validation`` with columns ``text_a``, ``text_b`` (pair tasks) and ``label``.
     """
     task = get_task(task_name)
     data = _load_glue(task, data_dir)
-    return data if keep_tokenized_train else restore_tokenized_train(data, task)
+    return restore_tokenized_train(data, task) if detokenize_train else data
 
 
 def _load_glue(task: GlueTask, data_dir: str | os.PathLike | None) -> datasets.DatasetDict:

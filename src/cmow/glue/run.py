@@ -105,8 +105,8 @@ class GlueRunConfig:
         selection: Which epoch is kept, for teacher and student: ``"held-out"`` (best on a slice of train),
             ``"last"`` or ``"dev"`` (best on dev, flatters; see ``cmow.glue.selection``).
         held_out_fraction: Size of the held-out slice of train, for ``selection="held-out"``.
-        keep_tokenized_train: Keep a tokenized train set as stored instead of detokenizing it when its dev set is raw
-            text (``cmow.glue.data.load_glue``; CoLA's train file in some GLUE copies).
+        detokenize_train: Detokenize a tokenized train set whose dev set is raw text (``cmow.glue.data.load_glue``;
+            CoLA's train file in some GLUE copies); also ``glue:TASK`` transfer texts.
         augment_copies: Tang et al.'s augmented copies per train example in the transfer set (0: none); None:
             ``DEFAULT_COPIES`` of the task type (``task_type``; a CMOW student; a MoEBERT student takes none).
         augment_mask_p, augment_replace_p, augment_ngram_p, augment_max_ngram: Their probabilities
@@ -152,7 +152,7 @@ class GlueRunConfig:
     temperature: float = 1.0
     selection: str = "held-out"
     held_out_fraction: float = 0.1
-    keep_tokenized_train: bool = False
+    detokenize_train: bool = False
     augment_copies: int | None = None
     augment_mask_p: float = 0.1
     augment_replace_p: float = 0.1
@@ -372,7 +372,7 @@ def teacher_transfer_set(
                 cfg.transfer_text_column,
                 cfg.transfer_max_texts,
                 pairs=pairs,
-                keep_tokenized_train=cfg.keep_tokenized_train,
+                detokenize_train=cfg.detokenize_train,
             )
     augment = AugmentConfig(cfg.augment_mask_p, cfg.augment_replace_p, cfg.augment_ngram_p, cfg.augment_max_ngram)
     transfer, counts = build_transfer_set(
@@ -568,7 +568,7 @@ def run_task(cfg: GlueRunConfig, command: str | None = None) -> dict[str, dict]:
         raise ValueError(
             f"--student {cfg.student} is a {kind!r} model; it must be a CMOW checkpoint (e.g. from `cmow distill`)."
         )
-    raw = load_glue(task.name, cfg.glue_dir, cfg.keep_tokenized_train)
+    raw = load_glue(task.name, cfg.glue_dir, cfg.detokenize_train)
     train = _slice(raw["train"].shuffle(seed=cfg.seed), cfg.max_train_samples)
     train, held_out = split_held_out(train, cfg.selection, cfg.held_out_fraction)
     data = datasets.DatasetDict(train=train, validation=_slice(raw["validation"], cfg.max_eval_samples))

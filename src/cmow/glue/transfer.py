@@ -75,7 +75,7 @@ def read_unlabeled(
     text_column: str = "text",
     max_texts: int | None = None,
     pairs: bool = False,
-    keep_tokenized_train: bool = False,
+    detokenize_train: bool = False,
 ) -> list[str]:
     """Unlabeled texts from ``source``, in stored order, at most ``max_texts``.
 
@@ -87,10 +87,10 @@ def read_unlabeled(
         max_texts: Keep the first this many texts; all if None.
         pairs: The texts are for a pair task: a pair task's ``glue:TASK`` gives its pairs as written, each as
             ``text_a<TAB>text_b`` (``pair_texts`` keeps them). Otherwise both sides of a pair are texts of their own.
-        keep_tokenized_train: Read a ``glue:TASK`` train set as stored (``load_glue``).
+        detokenize_train: Detokenize a tokenized ``glue:TASK`` train set (``load_glue``).
     """
     if source.startswith(GLUE_SOURCE):
-        train = load_glue(source[len(GLUE_SOURCE) :], glue_dir, keep_tokenized_train)["train"]
+        train = load_glue(source[len(GLUE_SOURCE) :], glue_dir, detokenize_train)["train"]
         columns = [c for c in ("text_a", "text_b") if c in train.column_names]
         rows = zip(*(train[c] for c in columns), strict=True)
         if pairs and len(columns) == 2:
