@@ -6,7 +6,8 @@
 #   teacher           all-MiniLM-L6-v2, lr 1e-4: 10 epochs on CoLA and STS-B, 3 on MRPC, 2 on the QQP/MNLI/QNLI 9k
 #                     subsets, 1 on SST-2; RTE and WNLI start from the MNLI teacher (lr 5e-5, 3 epochs)
 #   student-random    random init, cmow glue's defaults (classification: hashed bigrams; STS-B: 10 augmented
-#                     copies per example, no n-grams)
+#                     copies per example, no n-grams); on the QQP/MNLI/QNLI 9k subsets also 5 augmented copies
+#                     per example and 3 epochs (docs/glue.md, "Copies for the pair tasks")
 #   student-general   from GENERAL_STUDENT (a general-distilled checkpoint), the same defaults; skipped if unset
 #   student-recipe    MRPC only: from the STS-B student-general (an intermediate task); on the other tasks the
 #                     recipe is student-general (RTE from the MNLI student measured worse); skipped without
@@ -40,10 +41,11 @@ intermediate() {  # the task whose student-general starts this task's student-re
     esac
 }
 
-student_epochs() {
+student_args() {  # sets the array sargs
     case $1 in
-        SST-2) echo 3 ;;
-        *) echo 10 ;;
+        SST-2) sargs=(--student-epochs 3) ;;
+        QQP | MNLI | QNLI) sargs=(--student-epochs 3 --augment-copies 5) ;;
+        *) sargs=(--student-epochs 10) ;;
     esac
 }
 
@@ -52,8 +54,9 @@ run_student() {  # run_student TASK NAME ARGS...: once
     shift 2
     [[ -f $OUT/$task/student-$name/metrics.json ]] && return
     teacher_args "$task"
+    student_args "$task"
     # ${a[@]+"${a[@]}"}: an empty array under set -u on older bash
-    cmow glue "$task" --output-dir "$OUT" "${targs[@]}" --student-epochs "$(student_epochs "$task")" \
+    cmow glue "$task" --output-dir "$OUT" "${targs[@]}" "${sargs[@]}" \
         --student-name "$name" ${teacher[@]+"${teacher[@]}"} "$@" ${extra[@]+"${extra[@]}"}
 }
 
