@@ -305,7 +305,10 @@ def test_local_tsv_loader(name, shared_data):
         ),
         ("john 's mother ca n't say ( really ) that i 'm here", "john's mother can't say (really) that i'm here."),
         ("who did you see ?", "who did you see?"),
-        ("he said `` go ''", 'he said " go ".'),
+        ("he said `` go ''", 'he said "go".'),
+        ("he said `` go . ''", 'he said "go."'),
+        ("the meaning of ` chanson ' , we saw", "the meaning of 'chanson', we saw."),
+        ("mary left ( with john . )", "mary left (with john.)"),
         ('He said "go."', 'He said "go."'),
         ("Already raw, with John's own period.", "Already raw, with John's own period."),
     ],
@@ -565,6 +568,12 @@ def test_cmow_glue_with_a_transfer_set_and_ngrams(shared_data, tokenizer, tmp_pa
     assert (record["settings"]["student_seed"], again["settings"]["student_seed"]) == (None, 7)
     other = AutoModelForSequenceClassification.from_pretrained(out / "RTE" / "student-dev-selected")
     assert not torch.equal(other.cmow.encoder.ngram_embeddings.weight, model.cmow.encoder.ngram_embeddings.weight)
+
+
+def test_cmow_glue_catches_a_task_read_as_a_transfer_source(tmp_path, capsys):
+    """`--transfer-texts` takes every word after it: a task named after it is a source, and no task is left."""
+    assert cli.main(["glue", "--output-dir", str(tmp_path), "--transfer-texts", "glue:MNLI", "RTE"]) == 2
+    assert "write glue:RTE" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_write_report_without_results_says_what_to_do(tmp_path):

@@ -146,9 +146,8 @@ def test_a_pair_task_keeps_another_pair_tasks_pairs_as_written(shared_data):
     pairs = read_unlabeled("glue:RTE", glue, max_texts=3, pairs=True)
     written = zip(rte["text_a"][:3], rte["text_b"][:3], strict=True)
     assert pair_texts(pairs) == [(" ".join(a.split()), " ".join(b.split())) for a, b in written]
-    # A single-sentence task's texts stay single (and get paired at random); without pairs=True, both sides count.
-    assert all("\t" not in text for text in read_unlabeled("glue:SST-2", glue, max_texts=5, pairs=True))
-    assert len(read_unlabeled("glue:RTE", glue, max_texts=3)) == 3
+    # Without pairs=True (a single-sentence task reads them) each side is a text of its own.
+    assert read_unlabeled("Glue:RTE", glue, max_texts=2) == [rte["text_a"][0].strip(), rte["text_b"][0].strip()]
 
 
 def test_transfer_sources_are_checked_before_any_work(tmp_path):
@@ -162,6 +161,10 @@ def test_transfer_sources_are_checked_before_any_work(tmp_path):
         check_transfer_source(str(tmp_path / "missing.txt.gz"))
     with pytest.raises(ValueError, match="write glue:RTE"):
         check_transfer_source("RTE")  # e.g. `--transfer-texts glue:MNLI RTE` took the task as a source
+    with pytest.raises(ValueError, match="names a GLUE task"):
+        check_transfer_source("all")
+    with pytest.raises(ValueError, match="Unknown GLUE task"):
+        check_transfer_source("GLUE:imdb")  # the prefix in any case
     with pytest.raises(FileNotFoundError, match="no such file"):
         GlueRunConfig(task="RTE", transfer_texts=["glue:MNLI", str(tmp_path / "missing.txt")])
     assert GlueRunConfig(task="RTE", transfer_texts="glue:MNLI").transfer_texts == ["glue:MNLI"]

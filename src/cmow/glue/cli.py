@@ -15,6 +15,7 @@ from .data import TASKS, get_task
 from .report import write_report
 from .run import DEFAULT_COPIES, DEFAULT_NGRAMS, STUDENT_DEFAULTS, GlueRunConfig, run_task
 from .selection import SELECTIONS
+from .transfer import check_transfer_source
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     transfer.add_argument(
         "--transfer-max-texts",
         type=int,
-        help="read at most this many texts of each --transfer-texts source (default: all)",
+        help="read at most this many texts of each --transfer-texts source (pairs, for a pair task's glue:TASK; "
+        "default: all)",
     )
     transfer.add_argument(
         "--label-shard-size",
@@ -214,6 +216,8 @@ def public_command(argv: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    for source in args.transfer_texts or ():  # first: `--transfer-texts glue:MNLI RTE` leaves no task
+        check_transfer_source(source)
     if not args.tasks and not args.report:
         raise ValueError("Name GLUE tasks to run (or 'all'), or pass --report to only write the results table.")
     names = list(TASKS) if [t.lower() for t in args.tasks] == ["all"] else [get_task(t).name for t in args.tasks]

@@ -178,6 +178,7 @@ def _standardise(
 _PTB_CLITIC = re.compile(r" (n't|'s|'ll|'ve|'re|'d|'m)(?=\s|$)")
 _PTB_PUNCT = re.compile(r" ([,.;:?!)%])(?=\s|$)")
 _PTB_OPEN = re.compile(r"(^|\s)([($]) ")
+_PTB_QUOTED = re.compile(r"(\"|`) ([^\"`']*?) ?([,.;:?!]?) (\"|')(?=\s|$|[,.;:?!])")
 _SENTENCE_END = ".?!"
 
 
@@ -189,7 +190,8 @@ def detokenize(text: str) -> str:
     """
     text = " ".join(text.replace("``", '"').replace("''", '"').split())
     text = _PTB_OPEN.sub(r"\1\2", _PTB_PUNCT.sub(r"\1", _PTB_CLITIC.sub(r"\1", text)))
-    ended = text.rstrip("\"'")[-1:] in _SENTENCE_END  # "he said "go."" has its period inside the quotes
+    text = _PTB_QUOTED.sub(lambda m: m[1].replace("`", "'") + "".join(m.groups()[1:]), text)  # ` go ' -> 'go'
+    ended = text.rstrip(" \"')")[-1:] in _SENTENCE_END  # he said "go." / (he went.) end inside
     return text if ended or not text else text + "."
 
 

@@ -239,8 +239,10 @@ def finetune_teacher(
         "weight_decay": cfg.teacher_weight_decay,
         "seed": cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed,
         "max_length": cfg.teacher_max_length,
+        "detokenize_train": cfg.detokenize_train,
     }
-    schedule = {name: value for name, value in settings.items() if name != "max_length"}  # the recorded recipe
+    data_settings = ("max_length", "detokenize_train")
+    schedule = {name: value for name, value in settings.items() if name not in data_settings}  # the recorded recipe
     args = training_args(
         folder / "checkpoints", selection=cfg.selection, eval_batch_size=cfg.eval_batch_size, **schedule
     )
@@ -462,6 +464,7 @@ def distill_student(
         "selection": cfg.selection,
         "transfer_copies": cfg.augment_copies,
         "transfer_texts": [public_name(source) for source in cfg.transfer_texts] if cfg.transfer_texts else None,
+        "detokenize_train": cfg.detokenize_train,
     }
     args = student_training_args(cfg, folder)
     trainer = DistillationTrainer(
@@ -527,12 +530,20 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
     """Load the fine-tuned teacher ``cfg.teacher`` or ``teacher_dir``; a new ``teacher_dir`` gets it and a record."""
     source = Path(cfg.teacher or teacher_dir)
     logger.info("Using the fine-tuned teacher %s", source)
+    record_path = source / METRICS_FILE
     tokenizer = AutoTokenizer.from_pretrained(source)
     teacher = AutoModelForSequenceClassification.from_pretrained(source)
     if teacher.config.num_labels != task.num_labels:
         raise ValueError(
             f"Teacher {source} has {teacher.config.num_labels} labels but {task.name} needs {task.num_labels}: "
             "pass a teacher fine-tuned on this task, or --teacher-base to fine-tune one."
+        )
+    trained_on = json.loads(record_path.read_text()).get("settings", {}) if record_path.is_file() else {}
+    if trained_on.get("detokenize_train", False) != cfg.detokenize_train:
+        logger.warning(
+            "The teacher %s was fine-tuned on the train text %s, this run reads it %s (--detokenize-train).",
+            source,
+            *(("detokenized", "as stored") if trained_on.get("detokenize_train") else ("as stored", "detokenized")),
         )
     if not (teacher_dir / METRICS_FILE).is_file():
         # A teacher from another run keeps what its record says of its training (recipe, time, selection).

@@ -50,14 +50,20 @@ def normalize(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def is_glue_source(source: str) -> bool:
+    """Whether ``source`` names a GLUE task's train set: ``glue:TASK`` (the prefix in any case)."""
+    return source[: len(GLUE_SOURCE)].lower() == GLUE_SOURCE
+
+
 def check_transfer_source(source: str) -> None:
     """Refuse a ``read_unlabeled`` source that cannot be read, before any training: an unknown ``glue:`` task, a
     missing local file. A name that is not a local path may be a Hub dataset id and is left to ``load_corpus``."""
-    if source.startswith(GLUE_SOURCE):
+    if is_glue_source(source):
         get_task(source[len(GLUE_SOURCE) :])
         return
     path = Path(source).expanduser()
-    if not path.exists() and any(source.lower() in (t.name.lower(), t.hub_name) for t in TASKS.values()):
+    names = {"all"} | {name for t in TASKS.values() for name in (t.name.lower(), t.hub_name)}
+    if not path.exists() and source.lower() in names:
         raise ValueError(
             f"--transfer-texts {source} names a GLUE task, not a source: write glue:{source} for its train texts (or "
             "give the tasks to run before --transfer-texts, which takes every word after it)."
@@ -89,7 +95,7 @@ def read_unlabeled(
             ``text_a<TAB>text_b`` (``pair_texts`` keeps them). Otherwise both sides of a pair are texts of their own.
         detokenize_train: Detokenize a tokenized ``glue:TASK`` train set (``load_glue``).
     """
-    if source.startswith(GLUE_SOURCE):
+    if is_glue_source(source):
         train = load_glue(source[len(GLUE_SOURCE) :], glue_dir, detokenize_train)["train"]
         columns = [c for c in ("text_a", "text_b") if c in train.column_names]
         rows = zip(*(train[c] for c in columns), strict=True)
