@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gather issue 11's recipe runs (made in runs/glue6, glue7, glue8 by the commands their metrics.json record) into one
 # folder for `cmow glue --report`. teacher: the recipe's teacher per task. student-recipe: general start and cmow
-# glue's defaults (classification: bigrams; STS-B: 10 copies, no bigrams), MRPC from the STS-B student.
+# glue's defaults (classification: bigrams; STS-B: 10 copies, no bigrams), MRPC from the STS-B student, QQP/MNLI/QNLI
+# with 5 augmented copies and 3 epochs.
 # student-general-ng2: general start + bigrams, no copies. student-general: general start, no n-grams, no copies.
 # student-random-ng2: random init + bigrams. (The last two only where they learnt from the same teacher.)
 #
@@ -22,6 +23,7 @@ for t in "${!dir[@]}"; do
   case $t in
     MRPC) recipe=student-from-stsb-ng2 ;;
     STS-B) recipe=student-general-aug10 ;;
+    QQP | MNLI | QNLI) recipe=student-general-ng2-aug5-e3 ;;
     *) recipe=student-general-ng2 ;;
   esac
   [[ -f ../$d/$recipe/metrics.json ]] && link $t $d/$recipe student-recipe
