@@ -530,7 +530,7 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
     """Load the fine-tuned teacher ``cfg.teacher`` or ``teacher_dir``; a new ``teacher_dir`` gets it and a record."""
     source = Path(cfg.teacher or teacher_dir)
     logger.info("Using the fine-tuned teacher %s", source)
-    record_path = source / METRICS_FILE
+    stored = json.loads((source / METRICS_FILE).read_text()) if (source / METRICS_FILE).is_file() else None
     tokenizer = AutoTokenizer.from_pretrained(source)
     teacher = AutoModelForSequenceClassification.from_pretrained(source)
     if teacher.config.num_labels != task.num_labels:
@@ -538,18 +538,20 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
             f"Teacher {source} has {teacher.config.num_labels} labels but {task.name} needs {task.num_labels}: "
             "pass a teacher fine-tuned on this task, or --teacher-base to fine-tune one."
         )
-    trained_on = json.loads(record_path.read_text()).get("settings", {}) if record_path.is_file() else {}
-    if trained_on.get("detokenize_train", False) != cfg.detokenize_train:
+    detokenized = (stored or {}).get("settings", {}).get("detokenize_train", False)
+    if detokenized != cfg.detokenize_train:
+        form = {True: "detokenized", False: "as stored"}
         logger.warning(
-            "The teacher %s was fine-tuned on the train text %s, this run reads it %s (--detokenize-train).",
+            "The teacher %s was fine-tuned on the train text %s; this run reads it %s (--detokenize-train).",
             source,
-            *(("detokenized", "as stored") if trained_on.get("detokenize_train") else ("as stored", "detokenized")),
+            form[detokenized],
+            form[cfg.detokenize_train],
         )
     if not (teacher_dir / METRICS_FILE).is_file():
         # A teacher from another run keeps what its record says of its training (recipe, time, selection).
         record = {"model": public_name(source), "command": command}
-        if (source / METRICS_FILE).is_file():
-            record = json.loads((source / METRICS_FILE).read_text()) | {"copied_from": public_name(source)}
+        if stored is not None:
+            record = stored | {"copied_from": public_name(source)}
         dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
         record |= {"task": task.name, "role": "teacher"}
         record |= evaluate(teacher, tokenizer, task, dev, cfg.eval_batch_size) | parameter_counts(teacher)

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..distill.corpus import load_corpus, texts_of
 from .augment import AugmentConfig, Example, augmented_copies
-from .data import TASKS, get_task, load_glue
+from .data import get_task, load_glue
 from .distill_trainer import GOLD_MASK, TEACHER_LOGITS, predict_logits
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,14 @@ def is_glue_source(source: str) -> bool:
     return source[: len(GLUE_SOURCE)].lower() == GLUE_SOURCE
 
 
+def _names_a_task(name: str) -> bool:
+    """Whether ``name`` is what ``cmow glue`` reads as a task: ``all`` or a GLUE task (``get_task``)."""
+    try:
+        return name.lower() == "all" or bool(get_task(name))
+    except ValueError:
+        return False
+
+
 def check_transfer_source(source: str) -> None:
     """Refuse a ``read_unlabeled`` source that cannot be read, before any training: an unknown ``glue:`` task, a
     missing local file. A name that is not a local path may be a Hub dataset id and is left to ``load_corpus``."""
@@ -62,8 +70,7 @@ def check_transfer_source(source: str) -> None:
         get_task(source[len(GLUE_SOURCE) :])
         return
     path = Path(source).expanduser()
-    names = {"all"} | {name for t in TASKS.values() for name in (t.name.lower(), t.hub_name)}
-    if not path.exists() and source.lower() in names:
+    if not path.exists() and _names_a_task(source):
         raise ValueError(
             f"--transfer-texts {source} names a GLUE task, not a source: write glue:{source} for its train texts (or "
             "give the tasks to run before --transfer-texts, which takes every word after it)."
