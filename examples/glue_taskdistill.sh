@@ -20,6 +20,7 @@
 # for MRPC) is run first when it is missing. Finished teachers, their logits (train and transfer sets) and finished students are reused, so
 # the script can be rerun after an interruption. Extra arguments go to every `cmow glue` call. Point TEACHER_DIR at a
 # folder of tuned teachers (TEACHER_DIR/<TASK>/teacher, e.g. from examples/glue_tune_teacher.sh) to use those.
+# CMOW students only: `--student-type moe` is refused before anything runs.
 set -euo pipefail
 OUT=${OUT:-runs/glue-taskdistill}
 REPORT=${REPORT:-docs/glue.md}
@@ -79,6 +80,15 @@ run_task() {
     fi
 }
 
+previous=
+for arg in "$@"; do  # the recipe's copies, n-grams and starts are CMOW flags, which a MoEBERT student refuses
+    if [[ $previous == --student-type && $arg != cmow ]] || [[ $arg == --student-type=* && $arg != --student-type=cmow ]]; then
+        echo "examples/glue_taskdistill.sh distils CMOW students; for MoEBERT students run" \
+            "\`cmow glue TASK --student-type moe\` (docs/glue.md, MoEBERT students)" >&2
+        exit 2
+    fi
+    previous=$arg
+done
 extra=("$@")
 for task in $TASKS; do
     run_task "$task"
