@@ -23,7 +23,14 @@ from cmow.glue.data import TASKS, detokenize, get_task, load_glue
 from cmow.glue.distill_trainer import GOLD_MASK, TEACHER_LOGITS, DistillationTrainer, distillation_loss
 from cmow.glue.metrics import glue_score, majority_baseline, task_metrics
 from cmow.glue.report import END, PAPER_ROLE, START, results_table, retention_table, write_report
-from cmow.glue.run import DEFAULT_COPIES, DEFAULT_NGRAMS, GlueRunConfig, build_student, weights_digest
+from cmow.glue.run import (
+    DEFAULT_COPIES,
+    DEFAULT_NGRAMS,
+    GlueRunConfig,
+    build_student,
+    unused_teacher_settings,
+    weights_digest,
+)
 from cmow.glue.selection import split_held_out
 from conftest import BATCH, tiny_config
 
@@ -451,7 +458,24 @@ def test_models_of_a_regression_task_start_a_classification_task(shared_data, to
         assert (model.config.num_labels, model.config.problem_type) == (2, "single_label_classification"), folder
 
 
-def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
+def test_unused_teacher_settings_names_only_flags_a_reused_teacher_ignores():
+    stored = {"model": "tiny-bert (local folder)", "settings": {"epochs": 1.0, "lr": 1e-4, "seed": 42}}
+    assert unused_teacher_settings(GlueRunConfig(task="MRPC"), stored) == {}  # defaults: plain reuse, no warning
+    same = GlueRunConfig(task="MRPC", teacher_lr=1e-4, teacher_epochs=1, teacher_base="tiny-bert (local folder)")
+    assert unused_teacher_settings(same, stored) == {}
+    asked = GlueRunConfig(task="MRPC", teacher_epochs=10, teacher_lr=1e-4, teacher_batch_size=16, seed=1)
+    assert unused_teacher_settings(asked, stored) == {
+        "--teacher-epochs": (1.0, 10),
+        "--teacher-seed (or --seed)": (42, 1),
+    }  # batch size: not in this record, so nothing to compare
+    other = GlueRunConfig(task="MRPC", teacher_base="bert-base-uncased")
+    assert unused_teacher_settings(other, stored) == {
+        "--teacher-base": ("tiny-bert (local folder)", "bert-base-uncased")
+    }
+    assert unused_teacher_settings(asked, {"model": "x"}) == {}  # an older record without settings
+
+
+def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path, caplog):
     """Fine-tune a tiny BERT teacher, distil a tiny CMOW student on a slice of MRPC, then reuse the teacher."""
     base = _tiny_teacher_base(tokenizer, tmp_path / "tiny-bert")
     out, report = tmp_path / "runs", tmp_path / "glue.md"
@@ -503,7 +527,12 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path):
         small, weight_storage="int8"
     )
     student_tokenizer.save_pretrained(small)
-    assert cli.main(["glue", "mrpc", "--student", str(small), "--student-name", "small", *common]) == 0
+    # A teacher flag the reused teacher was not trained with is named in a warning, not silently dropped.
+    assert not [r for r in caplog.records if "only apply to a new teacher" in r.getMessage()]
+    small_args = ["--student", str(small), "--student-name", "small", "--teacher-epochs", "2"]
+    assert cli.main(["glue", "mrpc", *small_args, *common]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if "only apply to a new teacher" in r.getMessage()]
+    assert "trained with --teacher-epochs 1.0; --teacher-epochs 2.0 only apply" in warning
     small_student = AutoModelForSequenceClassification.from_pretrained(out / "MRPC" / "student-small")
     assert small_student.config.vocab_size == 110 and small_student.config.weight_storage == "float"
     saved_tokenizer = AutoTokenizer.from_pretrained(out / "MRPC" / "student-small")

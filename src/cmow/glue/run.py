@@ -217,6 +217,49 @@ def _slice(data: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return data if limit is None else data.select(range(min(limit, len(data))))
 
 
+def teacher_settings(cfg: GlueRunConfig) -> dict:
+    """The teacher recipe ``cfg`` asks for, as a teacher's ``metrics.json`` records it under ``settings``."""
+    return {
+        "epochs": cfg.teacher_epochs,
+        "lr": cfg.teacher_lr,
+        "batch_size": cfg.teacher_batch_size,
+        "warmup_ratio": cfg.teacher_warmup_ratio,
+        "weight_decay": cfg.teacher_weight_decay,
+        "seed": cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed,
+        "max_length": cfg.teacher_max_length,
+        "detokenize_train": cfg.detokenize_train,
+    }
+
+
+def unused_teacher_settings(cfg: GlueRunConfig, stored: dict) -> dict[str, tuple]:
+    """Teacher flags of ``cfg`` that a reused teacher (its ``metrics.json`` record ``stored``) was not trained with.
+
+    Only flags set away from their defaults count (a run that leaves them alone just reuses the teacher), and only
+    settings the record has. Returns ``{flag: (trained with, asked for)}``.
+    """
+    defaults = teacher_settings(GlueRunConfig(task=""))
+    recorded = stored.get("settings") or {}
+    unused = {
+        _SETTING_FLAGS[name]: (recorded[name], value)
+        for name, value in teacher_settings(cfg).items()
+        if name in _SETTING_FLAGS and name in recorded and value != defaults[name] and value != recorded[name]
+    }
+    if cfg.teacher_base and "model" in stored and public_name(cfg.teacher_base) != stored["model"]:
+        unused["--teacher-base"] = (stored["model"], public_name(cfg.teacher_base))
+    return unused
+
+
+_SETTING_FLAGS = {  # detokenize_train has its own warning: it changes the student's text too
+    "epochs": "--teacher-epochs",
+    "lr": "--teacher-lr",
+    "batch_size": "--teacher-batch-size",
+    "warmup_ratio": "--teacher-warmup-ratio",
+    "weight_decay": "--teacher-weight-decay",
+    "seed": "--teacher-seed (or --seed)",
+    "max_length": "--teacher-max-length",
+}
+
+
 def finetune_teacher(
     cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDict, folder: Path, command: str | None = None
 ):
@@ -231,16 +274,7 @@ def finetune_teacher(
     train = tokenize(data["train"], tokenizer, cfg.teacher_max_length)
     dev = tokenize(data["validation"], tokenizer, cfg.teacher_max_length)
     selection_set = selection_data(cfg.selection, data)
-    settings = {
-        "epochs": cfg.teacher_epochs,
-        "lr": cfg.teacher_lr,
-        "batch_size": cfg.teacher_batch_size,
-        "warmup_ratio": cfg.teacher_warmup_ratio,
-        "weight_decay": cfg.teacher_weight_decay,
-        "seed": cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed,
-        "max_length": cfg.teacher_max_length,
-        "detokenize_train": cfg.detokenize_train,
-    }
+    settings = teacher_settings(cfg)
     data_settings = ("max_length", "detokenize_train")
     schedule = {name: value for name, value in settings.items() if name not in data_settings}  # the recorded recipe
     args = training_args(
@@ -546,6 +580,15 @@ def _reuse_teacher(cfg: GlueRunConfig, task: GlueTask, data: datasets.DatasetDic
             source,
             form[detokenized],
             form[cfg.detokenize_train],
+        )
+    if stored is not None and (unused := unused_teacher_settings(cfg, stored)):
+        logger.warning(
+            "Reusing the fine-tuned teacher %s, trained with %s; %s only apply to a new teacher. To fine-tune one "
+            "with them, use another --output-dir or delete %s.",
+            source,
+            ", ".join(f"{flag} {trained}" for flag, (trained, _) in unused.items()),
+            ", ".join(f"{flag} {asked}" for flag, (_, asked) in unused.items()),
+            source,
         )
     if not (teacher_dir / METRICS_FILE).is_file():
         # A teacher from another run keeps what its record says of its training (recipe, time, selection).
