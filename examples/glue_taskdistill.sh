@@ -80,15 +80,21 @@ run_task() {
     fi
 }
 
-previous=
+student_type=cmow previous=
 for arg in "$@"; do  # the recipe's copies, n-grams and starts are CMOW flags, which a MoEBERT student refuses
-    if [[ $previous == --student-type && $arg != cmow ]] || [[ $arg == --student-type=* && $arg != --student-type=cmow ]]; then
-        echo "examples/glue_taskdistill.sh distils CMOW students; for MoEBERT students run" \
-            "\`cmow glue TASK --student-type moe\` (docs/glue.md, MoEBERT students)" >&2
-        exit 2
+    name=${arg%%=*}  # argparse also takes --student-type=X and any prefix from --student-t; the last one wins
+    if [[ ${#previous} -ge 11 && --student-type == "$previous"* ]]; then
+        student_type=$arg
+    elif [[ $arg == *=* && ${#name} -ge 11 && --student-type == "$name"* ]]; then
+        student_type=${arg#*=}
     fi
     previous=$arg
 done
+if [[ $student_type != cmow ]]; then
+    echo "examples/glue_taskdistill.sh distils CMOW students; for MoEBERT students run" \
+        "\`cmow glue TASK --student-type moe\` (docs/glue.md, MoEBERT students)" >&2
+    exit 2
+fi
 extra=("$@")
 for task in $TASKS; do
     run_task "$task"

@@ -32,6 +32,7 @@ from cmow.glue.run import (
     weights_digest,
 )
 from cmow.glue.selection import split_held_out
+from cmow.hub_cards import DEFAULT_TEACHER_ID, DEFAULT_TEACHER_NAME
 from conftest import BATCH, tiny_config
 
 # --- distillation loss ---------------------------------------------------------------------------------------------
@@ -458,21 +459,37 @@ def test_models_of_a_regression_task_start_a_classification_task(shared_data, to
         assert (model.config.num_labels, model.config.problem_type) == (2, "single_label_classification"), folder
 
 
-def test_unused_teacher_settings_names_only_flags_a_reused_teacher_ignores():
-    stored = {"model": "tiny-bert (local folder)", "settings": {"epochs": 1.0, "lr": 1e-4, "seed": 42}}
+def test_unused_teacher_settings_names_only_flags_a_reused_teacher_ignores(tmp_path):
+    stored = {
+        "role": "teacher",
+        "model": "tiny-bert (local folder)",
+        "settings": {"epochs": 1.0, "lr": 1e-4, "seed": 7},
+    }
     assert unused_teacher_settings(GlueRunConfig(task="MRPC"), stored) == {}  # defaults: plain reuse, no warning
-    same = GlueRunConfig(task="MRPC", teacher_lr=1e-4, teacher_epochs=1, teacher_base="tiny-bert (local folder)")
+    (tmp_path / "tiny-bert").mkdir()
+    base = str(tmp_path / "tiny-bert")  # the same folder the record names
+    same = GlueRunConfig(task="MRPC", teacher_lr=1e-4, teacher_epochs=1, teacher_base=base)
     assert unused_teacher_settings(same, stored) == {}
-    asked = GlueRunConfig(task="MRPC", teacher_epochs=10, teacher_lr=1e-4, teacher_batch_size=16, seed=1)
+    asked = GlueRunConfig(task="MRPC", teacher_epochs=10, teacher_lr=1e-4, teacher_batch_size=16, teacher_seed=1)
     assert unused_teacher_settings(asked, stored) == {
         "--teacher-epochs": (1.0, 10),
-        "--teacher-seed (or --seed)": (42, 1),
+        "--teacher-seed": (7, 1),
     }  # batch size: not in this record, so nothing to compare
+    # --seed moves the data split and --teacher-max-length also truncates a reused teacher: not "unused" flags.
+    assert unused_teacher_settings(GlueRunConfig(task="MRPC", seed=3, teacher_max_length=64), stored) == {}
     other = GlueRunConfig(task="MRPC", teacher_base="bert-base-uncased")
     assert unused_teacher_settings(other, stored) == {
         "--teacher-base": ("tiny-bert (local folder)", "bert-base-uncased")
     }
-    assert unused_teacher_settings(asked, {"model": "x"}) == {}  # an older record without settings
+    # Records of older cmow versions name the base by its path; the default teacher by its package or Hub id.
+    assert unused_teacher_settings(same, stored | {"model": base}) == {}
+    default = stored | {"model": DEFAULT_TEACHER_NAME}
+    assert unused_teacher_settings(GlueRunConfig(task="MRPC", teacher_base=DEFAULT_TEACHER_ID), default) == {}
+    # Recipe flags never applied to a teacher given by --teacher, or copied from one, or to a record without settings.
+    assert unused_teacher_settings(GlueRunConfig(task="MRPC", teacher=base, teacher_epochs=10), stored) == {}
+    assert unused_teacher_settings(asked, stored | {"copied_from": "tuned (local folder)"}) == {}
+    assert unused_teacher_settings(asked, {"role": "teacher", "model": "x"}) == {}
+    assert unused_teacher_settings(asked, stored | {"role": "student"}) == {}  # a CMOW student given as --teacher
 
 
 def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path, caplog):
@@ -513,6 +530,7 @@ def test_cmow_glue_end_to_end(shared_data, tokenizer, tmp_path, caplog):
     (logits_file,) = (out / "MRPC" / "teacher").glob("train_logits-*.npy")
     logits_mtime = logits_file.stat().st_mtime
     student_args = ["--student", str(out / "MRPC" / "student-random"), "--student-name", "warm"]
+    student_args += ["--teacher-base", str(base), "--teacher-epochs", "1"]  # the teacher's own recipe: no warning
     assert cli.main(["glue", "mrpc", *student_args, *common]) == 0
     assert (out / "MRPC" / "teacher" / "model.safetensors").stat().st_mtime == mtime
     assert list((out / "MRPC" / "teacher").glob("train_logits-*.npy")) == [logits_file]

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from ..configuration_cmow import CMOWConfig
-from ..hub_cards import public_name
+from ..hub_cards import DEFAULT_TEACHER_ID, DEFAULT_TEACHER_NAME, public_name
 from ..modeling_cmow import CMOWForSequenceClassification
 from .augment import AugmentConfig
 from .data import GlueTask, get_task, load_glue, load_test_texts, tokenize
@@ -232,32 +232,45 @@ def teacher_settings(cfg: GlueRunConfig) -> dict:
 
 
 def unused_teacher_settings(cfg: GlueRunConfig, stored: dict) -> dict[str, tuple]:
-    """Teacher flags of ``cfg`` that a reused teacher (its ``metrics.json`` record ``stored``) was not trained with.
+    """Teacher flags of ``cfg`` that the teacher it reuses from ``--output-dir`` (whose ``metrics.json`` record is
+    ``stored``) was not fine-tuned with: they only apply to a new teacher.
 
-    Only flags set away from their defaults count (a run that leaves them alone just reuses the teacher), and only
-    settings the record has. Returns ``{flag: (trained with, asked for)}``.
+    Only recipe flags set away from their defaults count (a run that leaves them alone just reuses the teacher), and
+    only settings the record has. ``--teacher-max-length`` is not one (it also truncates a reused teacher's inputs),
+    nor ``--seed`` (it moves the data split too). Nothing counts when the run names a teacher with ``--teacher``, or
+    when the stored teacher was copied from one: recipe flags never applied to those. Returns
+    ``{flag: (trained with, asked for)}``.
     """
+    if cfg.teacher or stored.get("role") != "teacher" or "copied_from" in stored:
+        return {}
     defaults = teacher_settings(GlueRunConfig(task=""))
+    asked = teacher_settings(cfg) | {"seed": cfg.teacher_seed}  # --teacher-seed itself; None if not given
     recorded = stored.get("settings") or {}
     unused = {
-        _SETTING_FLAGS[name]: (recorded[name], value)
-        for name, value in teacher_settings(cfg).items()
-        if name in _SETTING_FLAGS and name in recorded and value != defaults[name] and value != recorded[name]
+        flag: (recorded[name], asked[name])
+        for name, flag in _RECIPE_FLAGS.items()
+        if name in recorded and asked[name] not in (None, defaults[name], recorded[name])
     }
-    if cfg.teacher_base and "model" in stored and public_name(cfg.teacher_base) != stored["model"]:
+    if cfg.teacher_base and "model" in stored and _base_name(cfg.teacher_base) != _base_name(stored["model"]):
         unused["--teacher-base"] = (stored["model"], public_name(cfg.teacher_base))
     return unused
 
 
-_SETTING_FLAGS = {  # detokenize_train has its own warning: it changes the student's text too
+_RECIPE_FLAGS = {
     "epochs": "--teacher-epochs",
     "lr": "--teacher-lr",
     "batch_size": "--teacher-batch-size",
     "warmup_ratio": "--teacher-warmup-ratio",
     "weight_decay": "--teacher-weight-decay",
-    "seed": "--teacher-seed (or --seed)",
-    "max_length": "--teacher-max-length",
+    "seed": "--teacher-seed",
 }
+
+
+def _base_name(base: str) -> str:
+    """A teacher base as records name it (``public_name``; the default teacher by its package or its Hub id alike;
+    records of older cmow versions hold the path itself)."""
+    name = public_name(base)
+    return DEFAULT_TEACHER_NAME if name == DEFAULT_TEACHER_ID else name
 
 
 def finetune_teacher(
