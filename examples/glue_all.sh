@@ -23,7 +23,12 @@ teacher_epochs() {
     esac
 }
 
-for task in ${TASKS:-WNLI RTE MRPC STS-B CoLA QQP MNLI QNLI SST-2}; do
+TASKS=${TASKS-"WNLI RTE MRPC STS-B CoLA QQP MNLI QNLI SST-2"}  # unset: all nine
+if [[ -z ${TASKS// /} ]]; then
+    echo "TASKS is empty: name the tasks to run (e.g. TASKS=\"STS-B MRPC\"), or unset it to run all nine" >&2
+    exit 2
+fi
+for task in $TASKS; do
     student_epochs=10
     [[ $task == SST-2 ]] && student_epochs=3
     settings=(--output-dir "$OUT" --teacher-lr 1e-4 --teacher-epochs "$(teacher_epochs "$task")")

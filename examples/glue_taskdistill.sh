@@ -24,7 +24,11 @@
 set -euo pipefail
 OUT=${OUT:-runs/glue-taskdistill}
 REPORT=${REPORT:-docs/glue.md}
-TASKS=${TASKS:-"MNLI STS-B WNLI RTE MRPC CoLA QQP QNLI SST-2"}
+TASKS=${TASKS-"MNLI STS-B WNLI RTE MRPC CoLA QQP QNLI SST-2"}  # unset: all nine
+if [[ -z ${TASKS// /} ]]; then
+    echo "TASKS is empty: name the tasks to run (e.g. TASKS=\"STS-B MRPC\"), or unset it to run all nine" >&2
+    exit 2
+fi
 
 teacher_args() {  # sets the array targs (an array, so that a path in OUT with spaces stays one argument)
     case $1 in
