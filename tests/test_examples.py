@@ -12,9 +12,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the example scripts are bash")
 
 
-def run_script(
-    name: str, tmp_path: Path, *args: str, tasks: str | None = "WNLI"
-) -> tuple[subprocess.CompletedProcess, list]:
+def run_script(name: str, tmp_path: Path, *args: str, tasks: str = "WNLI") -> tuple[subprocess.CompletedProcess, list]:
     """Run ``examples/NAME ARGS`` with a `cmow` on PATH that appends its arguments to a file; returns its calls."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir(exist_ok=True)
@@ -22,10 +20,7 @@ def run_script(
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{calls}"\n')
     stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
-    env["REPORT"] = str(tmp_path / "report.md")
-    env.pop("TASKS", None)
-    if tasks is not None:
-        env["TASKS"] = tasks
+    env |= {"REPORT": str(tmp_path / "report.md"), "TASKS": tasks}
     result = subprocess.run(["bash", str(EXAMPLES / name), *args], env=env, capture_output=True, text=True)
     return result, calls.read_text().splitlines() if calls.exists() else []
 

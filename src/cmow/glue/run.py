@@ -247,8 +247,8 @@ def unused_teacher_settings(cfg: GlueRunConfig, stored: dict) -> dict[str, tuple
     asked = teacher_settings(cfg) | {"seed": cfg.teacher_seed}  # --teacher-seed itself; None if not given
     recorded = stored.get("settings") or {}
     unused = {
-        flag: (recorded[name], asked[name])
-        for name, flag in _RECIPE_FLAGS.items()
+        "--teacher-" + name.replace("_", "-"): (recorded[name], asked[name])
+        for name in _RECIPE
         if name in recorded and asked[name] not in (None, defaults[name], recorded[name])
     }
     if cfg.teacher_base and "model" in stored and _base_name(cfg.teacher_base) != _base_name(stored["model"]):
@@ -256,14 +256,7 @@ def unused_teacher_settings(cfg: GlueRunConfig, stored: dict) -> dict[str, tuple
     return unused
 
 
-_RECIPE_FLAGS = {
-    "epochs": "--teacher-epochs",
-    "lr": "--teacher-lr",
-    "batch_size": "--teacher-batch-size",
-    "warmup_ratio": "--teacher-warmup-ratio",
-    "weight_decay": "--teacher-weight-decay",
-    "seed": "--teacher-seed",
-}
+_RECIPE = ("epochs", "lr", "batch_size", "warmup_ratio", "weight_decay", "seed")  # --teacher-NAME, as recorded
 
 
 def _base_name(base: str) -> str:
